@@ -77,6 +77,12 @@ def _check_coordinator(address: str, op: str) -> str:
     return address.strip()
 
 
+def _set_cpu_collectives(name: str) -> None:
+    # Only the CPU client reads this, when it starts: so it is set before any JAX
+    # computation. gloo is the default from jax 0.5 on; older versions had none.
+    jax.config.update("jax_cpu_collectives_implementation", name)
+
+
 def initialize_distributed(
     coordinator: str | None = None,
     num_processes: int | None = None,
@@ -118,9 +124,8 @@ def initialize_distributed(
         raise RuntimeError(f"{op}: jax.distributed is already initialised in this process; call it once, at start-up.")
     if coordinator is None and num_processes is None and process_id is None:
         return False  # single process
-    # Only the CPU client reads this; it must be set before the backend starts.
-    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     if coordinator is not None and coordinator.strip() == "auto":
+        _set_cpu_collectives(cpu_collectives)
         jax.distributed.initialize(initialization_timeout=timeout_s)
         return True
     missing = [
@@ -145,6 +150,7 @@ def initialize_distributed(
             f"{op}: `process_id` (={process_id}) must be < `num_processes` (={num_processes}); "
             f"number the processes 0..{num_processes - 1}."
         )
+    _set_cpu_collectives(cpu_collectives)
     jax.distributed.initialize(
         coordinator_address=coordinator,
         num_processes=num_processes,
@@ -203,10 +209,13 @@ def data_mesh(n_devices: int | None = None) -> Mesh:
     return Mesh(np.array(chosen), (DATA_AXIS,))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> int:
-    """`batch_size` if it splits evenly over the mesh's devices, else a ValueError listing sizes that do."""
+def check_batch_size(batch_size: int, mesh) -> int:
+    """`batch_size` if it splits evenly over the mesh's devices, else a ValueError listing sizes that do.
+
+    mesh: a Mesh, or the number of devices D as an int.
+    """
     batch_size = _int_arg(batch_size, "batch_size", "check_batch_size", minimum=1)
-    n = mesh.size
+    n = mesh.size if isinstance(mesh, Mesh) else _int_arg(mesh, "mesh", "check_batch_size", minimum=1)
     if batch_size % n:
         below = batch_size // n * n
         above = below + n
