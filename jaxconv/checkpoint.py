@@ -1,0 +1,419 @@
+"""Checkpoints: params, optimiser state, step, RNG key and config in one .npz file.
+
+The format holds no pickle. A checkpoint is one NumPy `.npz` file (a zip of
+`.npy` arrays) read back with `allow_pickle=False`:
+
+- one entry per array leaf of `params` and `opt_state`, named by its pytree
+  key path, e.g. ``params['conv1']['w']`` or ``opt_state[0].mu['conv1']['w']``;
+- ``__key__``: the raw data of the RNG key (`jax.random.key_data` for a typed key);
+- ``__meta__``: a JSON document (as uint8 bytes) with the format version, the
+  step, the config, the key's kind, and the name, shape and dtype of every leaf.
+
+Optax states are trees of NamedTuples the file does not describe, so to get
+them back pass a template (`opt_state_like`, e.g. `optimizer.init(params)`):
+the loader fills its leaves in order and checks each name, shape and dtype.
+
+Writes are atomic: the file is written to a temporary file in the same
+directory, flushed to disk, then renamed onto `path`, so a crash or a kill
+during a save leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import tempfile
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "FORMAT_VERSION",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.npz"
+_FORMAT = "jaxconv-checkpoint"
+_META = "__meta__"
+_KEY = "__key__"
+
+
+# --------------------------------------------------------------------------- tree <-> named leaves
+
+
+def _is_key_array(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _named_leaves(tree, prefix: str, op: str) -> list[tuple[str, object]]:
+    """[(name, leaf)] in the tree's flattening order; name = prefix + keystr(path)."""
+    pairs, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = [(prefix + jax.tree_util.keystr(path), leaf) for path, leaf in pairs]
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"{op}: two leaves of `{prefix}` share the name `{dup}`; give them distinct dict keys.")
+    return out
+
+
+def _skeleton(tree, names: list[str]):
+    """A JSON description of a tree of dicts (str keys), lists, tuples and None; None if it has other nodes."""
+    it = iter(names)
+
+    def walk(node):
+        if node is None:
+            return {"none": None}
+        if type(node) is dict:
+            if not all(isinstance(k, str) for k in node):
+                raise TypeError
+            return {"dict": [[k, walk(node[k])] for k in sorted(node)]}
+        if type(node) in (list, tuple):
+            return {type(node).__name__: [walk(v) for v in node]}
+        if jax.tree_util.all_leaves([node]):
+            return {"leaf": next(it)}
+        raise TypeError  # a NamedTuple or another registered node
+
+    try:
+        return walk(tree)
+    except TypeError:
+        return None
+
+
+def _rebuild(skeleton, arrays: dict):
+    kind, value = next(iter(skeleton.items()))
+    if kind == "none":
+        return None
+    if kind == "leaf":
+        return arrays[value]
+    if kind == "dict":
+        return {k: _rebuild(v, arrays) for k, v in value}
+    items = [_rebuild(v, arrays) for v in value]
+    return items if kind == "list" else tuple(items)
+
+
+def _to_numpy(leaf, name: str, op: str) -> np.ndarray:
+    if _is_key_array(leaf):
+        raise TypeError(
+            f"{op}: leaf `{name}` is a typed PRNG key; keep keys out of params and opt_state and pass the "
+            f"key as `key=` instead."
+        )
+    arr = np.asarray(jax.device_get(leaf))
+    if arr.dtype.kind == "O":
+        raise TypeError(
+            f"{op}: leaf `{name}` is a {type(leaf).__name__}, not an array; checkpoints hold only numeric arrays "
+            f"(no pickled objects)."
+        )
+    return arr
+
+
+def _storable(arr: np.ndarray) -> np.ndarray:
+    """The array as .npy can write it without pickle: dtypes unknown to NumPy (bfloat16) as raw unsigned ints."""
+    if np.dtype(arr.dtype.str) == arr.dtype:
+        return arr
+    return arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _json_config(config, op: str):
+    try:
+        return json.loads(json.dumps(config, allow_nan=True))
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{op}: `config` must be JSON-serialisable (dicts with str keys, lists, str, numbers, bools, None), "
+            f"got an error: {e}; convert other values (arrays, tuples of objects) to plain Python first."
+        ) from None
+
+
+def checkpoint_path(run_dir) -> str:
+    """The conventional checkpoint file of a run directory: run_dir/checkpoint.npz."""
+    return os.path.join(os.fspath(run_dir), CHECKPOINT_NAME)
+
+
+def latest_checkpoint(run_dir) -> str | None:
+    """run_dir/checkpoint.npz if it exists (to resume from), else None."""
+    path = checkpoint_path(run_dir)
+    return path if os.path.isfile(path) else None
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path, *, params, opt_state, step, key, config) -> str:
+    """Write params, optimiser state, step, RNG key and config to `path` (a .npz file), atomically.
+
+    Args:
+      path: the file to write (exactly this name; conventionally
+        `checkpoint_path(run_dir)`); its directory is created if needed.
+      params: pytree of arrays, e.g. {"conv1": {"w": (f_H, f_W, n_C, n_C'), "b": (n_C',)}, ...}.
+      opt_state: pytree of arrays (e.g. an optax state); may be None or ().
+      step: int, the number of optimiser steps done.
+      key: the RNG key to resume with: a typed key (`jax.random.key`), a raw
+        uint32 key (`jax.random.PRNGKey`), or None.
+      config: JSON-serialisable dict (or None) of the run's settings.
+
+    Returns:
+      The path written.
+    """
+    op = "save_checkpoint"
+    path = os.fspath(path)
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        step = operator.index(step)
+    except TypeError:
+        raise TypeError(f"{op}: `step` must be an int, got {step!r} of type {type(step).__name__}.") from None
+    if step < 0:
+        raise ValueError(f"{op}: `step` must be >= 0 (optimiser steps done), got {step}.")
+    config = _json_config(config, op)
+
+    entries: dict[str, np.ndarray] = {}
+    meta = {"format": _FORMAT, "version": FORMAT_VERSION, "step": step, "config": config,
+            "jax_version": jax.__version__}
+    for prefix, tree in (("params", params), ("opt_state", opt_state)):
+        leaves = [(name, _to_numpy(leaf, name, op)) for name, leaf in _named_leaves(tree, prefix, op)]
+        meta[prefix] = {
+            "leaves": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in leaves],
+            "skeleton": _skeleton(tree, [n for n, _ in leaves]),
+        }
+        entries.update((n, _storable(a)) for n, a in leaves)
+
+    if key is None:
+        meta["key"] = None
+    elif _is_key_array(key):
+        entries[_KEY] = np.asarray(jax.random.key_data(key))
+        meta["key"] = {"typed": True, "impl": str(jax.random.key_impl(key))}
+    else:
+        data = np.asarray(key)
+        if data.dtype != np.uint32:
+            raise TypeError(
+                f"{op}: `key` must be a JAX random key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
+                f"got an array of dtype {data.dtype} and shape {data.shape}."
+            )
+        entries[_KEY] = data
+        meta["key"] = {"typed": False, "impl": None}
+    entries[_META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **entries)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _read(npz, name: str, path: str, op: str) -> np.ndarray:
+    try:
+        return npz[name]
+    except KeyError:
+        raise ValueError(
+            f"{op}: `{path}` lacks the entry `{name}` listed in its header; the file is damaged, "
+            f"use an earlier checkpoint."
+        ) from None
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise ValueError(
+                f"{op}: entry `{name}` of `{path}` is a pickled object array; refused (checkpoints are read with "
+                f"allow_pickle=False and never run code from a file). This file was not written by save_checkpoint."
+            ) from None
+        raise ValueError(f"{op}: entry `{name}` of `{path}` is damaged ({e}); use an earlier checkpoint.") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{op}: entry `{name}` of `{path}` is damaged ({e}); use an earlier checkpoint.") from None
+
+
+def _restore_leaf(arr: np.ndarray, info: dict):
+    dtype = jnp.dtype(info["dtype"])
+    if arr.dtype != dtype:
+        arr = arr.view(dtype)
+    return arr
+
+
+def _fill_template(template, prefix, stored: list[dict], arrays: dict, path: str, op: str):
+    argname = f"{prefix}_like"
+    mine = _named_leaves(template, prefix, op)
+    treedef = jax.tree_util.tree_structure(template)
+    for i, ((name, leaf), info) in enumerate(zip(mine, stored)):
+        shape = tuple(np.shape(leaf))
+        dtype = str(jnp.result_type(leaf)) if not isinstance(leaf, (int, float, bool, complex)) else None
+        differs = []
+        if name != info["name"]:
+            differs.append(f"name `{info['name']}` in the checkpoint but `{name}` in `{argname}`")
+        if shape != tuple(info["shape"]):
+            differs.append(f"shape {tuple(info['shape'])} in the checkpoint but {shape} in `{argname}`")
+        if dtype is not None and dtype != info["dtype"]:
+            differs.append(f"dtype {info['dtype']} in the checkpoint but {dtype} in `{argname}`")
+        if differs:
+            raise ValueError(
+                f"{op}: leaf {i} of `{prefix}` (`{name}`) does not match `{path}`: {'; '.join(differs)}. The "
+                f"checkpoint comes from another model or config; build `{argname}` with the same settings as the run "
+                f"that saved it."
+            )
+    if len(mine) != len(stored):
+        i = min(len(mine), len(stored))
+        extra = (f"`{stored[i]['name']}` is in the checkpoint but not in `{argname}`" if len(stored) > len(mine)
+                 else f"`{mine[i][0]}` is in `{argname}` but not in the checkpoint")
+        raise ValueError(
+            f"{op}: `{prefix}` has {len(stored)} leaves in `{path}` but {len(mine)} in `{argname}`; first "
+            f"difference: {extra}. The checkpoint comes from another model or config; build `{argname}` with the "
+            f"same settings as the run that saved it."
+        )
+    leaves = []
+    for (name, leaf), info in zip(mine, stored):
+        arr = arrays[info["name"]]
+        if isinstance(leaf, (bool, int, float, complex)):
+            leaves.append(type(leaf)(arr.item()))
+        elif isinstance(leaf, np.ndarray):
+            leaves.append(arr)
+        else:
+            leaves.append(jnp.asarray(arr))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _check_config(stored, wanted, path: str, op: str) -> None:
+    wanted = _json_config(wanted, op)
+    if not isinstance(wanted, dict):
+        raise TypeError(f"{op}: `config` must be a dict of the settings to check, got {type(wanted).__name__}.")
+    stored_dict = stored if isinstance(stored, dict) else {}
+    missing = object()
+    diffs = []
+    for k, v in wanted.items():
+        have = stored_dict.get(k, missing)
+        if have is missing:
+            diffs.append(f"{k}: not in the checkpoint, you asked for {v!r}")
+        elif have != v:
+            diffs.append(f"{k}: checkpoint has {have!r}, you asked for {v!r}")
+    if diffs:
+        raise ValueError(
+            f"{op}: the config saved in `{path}` differs from `config` in {len(diffs)} setting(s): "
+            f"{'; '.join(diffs)}. Resume with the checkpoint's settings, or start a new run in another directory."
+        )
+
+
+def load_checkpoint(path, *, params_like=None, opt_state_like=None, config=None) -> dict:
+    """Read a checkpoint written by `save_checkpoint`, checking it against templates and config.
+
+    Args:
+      path: the .npz file.
+      params_like: optional pytree with the structure, shapes and dtypes of
+        the params (e.g. freshly initialised ones); the loaded params take its
+        structure, and any difference in leaf names, shapes or dtypes is refused.
+      opt_state_like: likewise for the optimiser state (e.g. `optimizer.init(params)`).
+      config: optional dict of the settings that must match the saved config;
+        only its keys are compared.
+
+    Returns:
+      dict with "params" (the template's structure; without a template, the
+      saved nest of dicts/lists/tuples), "opt_state" (the template's
+      structure; without one, the saved nest if it had only dicts/lists/tuples,
+      else a flat dict {leaf name: array} since NamedTuples of optax are not
+      stored), "step" (int), "key" (a typed key, a raw uint32 key, or None),
+      and "config" (the saved config).
+    """
+    op = "load_checkpoint"
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{op}: no checkpoint file `{path}`; check the path (save_checkpoint writes it).")
+    with open(path, "rb") as f:
+        return _load(f, path, params_like, opt_state_like, config, op)
+
+
+def _load(f, path, params_like, opt_state_like, config, op) -> dict:
+    try:
+        npz = np.load(f, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(
+            f"{op}: `{path}` is not a readable .npz checkpoint ({type(e).__name__}: {e}); the file is damaged or "
+            f"of another kind, use an earlier checkpoint."
+        ) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{op}: `{path}` is a single .npy array, not a .npz checkpoint written by save_checkpoint.")
+    with npz:
+        if _META not in npz.files:
+            raise ValueError(
+                f"{op}: `{path}` has no `{_META}` entry: it is an .npz file but not a jaxconv checkpoint "
+                f"(entries: {npz.files[:5]}); pass a file written by save_checkpoint."
+            )
+        raw = _read(npz, _META, path, op)
+        try:
+            meta = json.loads(raw.tobytes().decode("utf-8"))
+            version = meta["version"]
+            for part in ("params", "opt_state"):
+                [(info["name"], info["shape"], info["dtype"]) for info in meta[part]["leaves"]]
+            int(meta["step"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{op}: the header of `{path}` is damaged ({e}); use an earlier checkpoint.") from None
+        if meta.get("format") != _FORMAT or version != FORMAT_VERSION:
+            raise ValueError(
+                f"{op}: `{path}` has format {meta.get('format')!r} version {version!r}, expected {_FORMAT!r} version "
+                f"{FORMAT_VERSION}; load it with the jaxconv version that wrote it."
+            )
+        if config is not None:
+            _check_config(meta.get("config"), config, path, op)
+
+        result = {"step": int(meta["step"]), "config": meta.get("config")}
+        for prefix, template in (("params", params_like), ("opt_state", opt_state_like)):
+            stored = meta[prefix]["leaves"]
+            arrays = {}
+            for info in stored:
+                arr = _restore_leaf(_read(npz, info["name"], path, op), info)
+                if list(arr.shape) != list(info["shape"]):
+                    raise ValueError(
+                        f"{op}: entry `{info['name']}` of `{path}` has shape {arr.shape} but its header says "
+                        f"{tuple(info['shape'])}; the file is damaged, use an earlier checkpoint."
+                    )
+                arrays[info["name"]] = arr
+            if template is not None:
+                result[prefix] = _fill_template(template, prefix, stored, arrays, path, op)
+            elif meta[prefix]["skeleton"] is not None:
+                jarrays = {n: jnp.asarray(a) for n, a in arrays.items()}
+                result[prefix] = _rebuild(meta[prefix]["skeleton"], jarrays)
+            else:
+                result[prefix] = {n: jnp.asarray(a) for n, a in arrays.items()}
+
+        key_meta = meta.get("key")
+        if key_meta is None:
+            result["key"] = None
+        else:
+            data = _read(npz, _KEY, path, op)
+            if key_meta["typed"]:
+                result["key"] = jax.random.wrap_key_data(jnp.asarray(data), impl=key_meta["impl"])
+            else:
+                result["key"] = jnp.asarray(data)
+    return result
