@@ -40,6 +40,7 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "num_batches",
+    "random_shift",
     "read_idx",
 ]
 
@@ -128,8 +129,9 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, size=None, pad_to=
       seed: int seed of the split and of the order of the examples.
       size: optional int or (n_H, n_W): resize every image bilinearly
         (`jax.image.resize`), e.g. size=32 for LeNet-5.
-      pad_to: optional int or (n_H, n_W) >= 8: zero-pad every image centrally
-        instead (the extra row or column, if odd, goes to the bottom or right).
+      pad_to: optional int or (n_H, n_W): zero-pad every image centrally (after
+        resizing, if `size` is given) to this size (the extra row or column, if
+        odd, goes to the bottom or right).
 
     Returns:
       Dataset(x_train, y_train, x_test, y_test): x float32 (m, 8, 8, 1) with
@@ -144,19 +146,13 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, size=None, pad_to=
             f"of each class for testing."
         )
     seed = _int(seed, "seed", op)
-    if size is not None and pad_to is not None:
-        raise ValueError(
-            f"{op}: got both size={size!r} and pad_to={pad_to!r}; pass only one: `size` resizes the 8x8 images, "
-            f"`pad_to` surrounds them with zeros."
-        )
-    target = None
-    if size is not None:
-        target = _size_pair(size, "size", op)
+    size_hw = _size_pair(size, "size", op) if size is not None else (8, 8)
     if pad_to is not None:
-        target = _size_pair(pad_to, "pad_to", op)
-        if min(target) < 8:
+        pad_hw = _size_pair(pad_to, "pad_to", op)
+        if pad_hw[0] < size_hw[0] or pad_hw[1] < size_hw[1]:
             raise ValueError(
-                f"{op}: `pad_to` must be >= 8 (the images are 8x8), got {pad_to!r}; use `size` to shrink images."
+                f"{op}: `pad_to` must be >= the image size {size_hw} (8x8, or `size` when given), got {pad_to!r}; "
+                f"use `size` to shrink images."
             )
 
     pixels, labels = _read_digits()
@@ -165,10 +161,10 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, size=None, pad_to=
         import jax
         import jax.numpy as jnp
 
-        x = np.asarray(jax.image.resize(jnp.asarray(x), (x.shape[0], *target, 1), method="bilinear"))
+        x = np.asarray(jax.image.resize(jnp.asarray(x), (x.shape[0], *size_hw, 1), method="bilinear"))
         x = np.clip(x, 0.0, 1.0).astype(np.float32)
-    elif pad_to is not None:
-        (h, w), (H, W) = x.shape[1:3], target
+    if pad_to is not None:  # after resizing: size=24, pad_to=32 frames each digit like MNIST's 20-in-28
+        (h, w), (H, W) = x.shape[1:3], pad_hw
         top, left = (H - h) // 2, (W - w) // 2
         x = np.pad(x, ((0, 0), (top, H - h - top), (left, W - w - left), (0, 0)))
     train_idx, test_idx = _stratified_split(labels, float(test_fraction), seed)
@@ -497,6 +493,40 @@ def load_cifar10(path) -> Dataset:
 
 
 # --------------------------------------------------------------------------- batches
+
+
+def random_shift(x, max_shift: int, key):
+    """Shift each image by its own random (dy, dx) in [-max_shift, max_shift], filling with zeros.
+
+    A cheap augmentation for digits framed by a zero margin (as with
+    `load_digits(size=24, pad_to=32)`): it teaches the translation
+    invariance the notes credit to convolutions. Deterministic in `key`.
+
+    Args:
+      x: (m, n_H, n_W, n_C).
+      max_shift: largest shift in pixels, >= 0.
+      key: a JAX random key.
+
+    Returns:
+      (m, n_H, n_W, n_C), same dtype.
+    """
+    op = "random_shift"
+    max_shift = _int(max_shift, "max_shift", op, minimum=0)
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"{op}: `x` must have shape (m, n_H, n_W, n_C), got {x.shape}.")
+    if max_shift == 0:
+        return x
+    import jax
+
+    m, H, W, _ = x.shape
+    shifts = np.asarray(jax.random.randint(key, (m, 2), -max_shift, max_shift + 1))  # (m, 2): (dy, dx)
+    s = max_shift
+    padded = np.pad(x, ((0, 0), (s, s), (s, s), (0, 0)))
+    out = np.empty_like(x)
+    for i, (dy, dx) in enumerate(shifts):
+        out[i] = padded[i, s - dy : s - dy + H, s - dx : s - dx + W]
+    return out
 
 
 def num_batches(m: int, batch_size: int, drop_last: bool = False) -> int:

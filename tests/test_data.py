@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxconv import data
-from jaxconv.data import Dataset, batches, load_cifar10, load_digits, load_mnist, num_batches, read_idx
+from jaxconv.data import Dataset, batches, load_cifar10, load_digits, load_mnist, num_batches, random_shift, read_idx
 
 # --------------------------------------------------------------------------- digits
 
@@ -78,12 +78,34 @@ def test_digits_pad_to_and_size(digits):
     np.testing.assert_array_equal(resized.y_test, digits.y_test)
 
 
+def test_digits_resize_then_pad_frames_the_digit():
+    framed = load_digits(size=24, pad_to=32)
+    resized = load_digits(size=24)
+    assert framed.x_train.shape[1:] == (32, 32, 1)
+    np.testing.assert_array_equal(framed.x_train[:, 4:28, 4:28], resized.x_train)  # the digit, centred
+    assert not framed.x_train[:, :4].any() and not framed.x_train[:, 28:].any()  # a zero margin of 4
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    import jax
+
+    x = np.zeros((6, 9, 9, 1), np.float32)
+    x[:, 4, 4, 0] = 1.0  # one bright pixel in the centre of each image
+    shifted = random_shift(x, 2, jax.random.key(0))
+    positions = [tuple(np.argwhere(img[..., 0])[0]) for img in shifted]
+    assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in positions)  # within +-2 of the centre
+    assert len(set(positions)) > 1  # not all moved alike
+    assert np.array_equal(shifted, random_shift(x, 2, jax.random.key(0)))  # deterministic in the key
+    assert shifted.sum() == x.sum()  # nothing lost: the pixel stays inside the frame
+    np.testing.assert_array_equal(random_shift(x, 0, jax.random.key(0)), x)
+
+
 def test_digits_argument_errors():
-    with pytest.raises(ValueError, match="both size=.*and pad_to=.*pass only one"):
-        load_digits(size=32, pad_to=32)
+    with pytest.raises(ValueError, match=r"pad_to.*>= the image size \(24, 24\).*got 20"):
+        load_digits(size=24, pad_to=20)
     with pytest.raises(ValueError, match=r"test_fraction.*\[0, 1\), got 1.5"):
         load_digits(test_fraction=1.5)
-    with pytest.raises(ValueError, match="pad_to.*>= 8"):
+    with pytest.raises(ValueError, match=r"pad_to.*>= the image size \(8, 8\)"):
         load_digits(pad_to=4)
     with pytest.raises(TypeError, match="seed"):
         load_digits(seed="0")
