@@ -32,6 +32,54 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def cmd_train(args) -> int:
+    from jaxconv.trainer import NonFiniteLoss, TrainConfig, fit
+
+    config = TrainConfig(
+        model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, shift=args.shift, impl=args.impl, seed=args.seed, out=args.out, resume=args.resume,
+        ensemble=args.ensemble, limit=args.limit, checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
+    )
+    try:
+        result = fit(config)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"jaxconv train: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"jaxconv train: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"best test accuracy {result['best_test_accuracy']:.4f} (final {result['final_test_accuracy']:.4f}) "
+        f"in {result['wall_s']:.1f} s, {result['images_per_s']:,.0f} images/s"
+    )
+    files = ", ".join(result["files"].values())
+    print(f"wrote {files} to {result['out']}")
+    if "plot" not in result["files"]:
+        print("(no curves.png: matplotlib is not installed; pip install 'jaxconv[plot]' to get the plot)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jaxconv.models import MODELS
 
@@ -45,6 +93,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_shape, default=None, metavar="H,W,C",
                    help="per-example input shape (default: the model's own, 32,32,1 for lenet5, 32,32,3 for seed_cnn)")
     p.set_defaults(func=cmd_summary)
+
+    from jaxconv.trainer import DEFAULT_LR, OPTIMIZERS, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: LeNet-5 on the bundled digits)",
+        description="Train a CNN with a jit-compiled step and optax. Writes config.json, metrics.jsonl, "
+                    "checkpoint.npz and (with matplotlib) curves.png to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", choices=sorted(MODELS), default=d.model, help="network to train")
+    p.add_argument("--data", choices=["digits", "mnist", "cifar10"], default=d.data,
+                   help="digits: bundled 8x8 UCI digits resized to 32x32 (no download); mnist: the four IDX files "
+                        "(MNIST or Fashion-MNIST) in --data-dir; cifar10: the binary or python batches in --data-dir")
+    p.add_argument("--data-dir", default=None, metavar="PATH", help="folder holding the mnist or cifar10 files")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="passes over the training set")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="images per step (m)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=d.optimizer,
+                   help="sgd, sgd with momentum 0.9, or adam")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"learning rate (default per optimizer: {DEFAULT_LR})")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule,
+                   help="learning-rate schedule: cosine decay from --lr to 0 over the run, or constant")
+    p.add_argument("--shift", type=int, default=d.shift, metavar="PIXELS",
+                   help="augment each training image by a random shift of up to PIXELS (0: off)")
+    p.add_argument("--impl", choices=["auto", "lax", "hand", "hand_autodiff"], default=d.impl,
+                   help="convolution implementation: auto picks the fastest for the platform")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and shuffling")
+    p.add_argument("--out", default=d.out, metavar="DIR", help="where metrics, config, checkpoint and plot go")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--ensemble", type=_positive_int, default=d.ensemble, metavar="K",
+                   help="train K independently initialised models at once (one vmapped, compiled step)")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training images (quick runs)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (0: only at the end of each epoch)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
