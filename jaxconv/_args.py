@@ -19,6 +19,7 @@ Padding = Union[int, str, Sequence]
 
 def pair(value, name: str, op: str, *, minimum: int) -> tuple[int, int]:
     """Turn an int or an (h, w) pair into a tuple of two Python ints >= minimum."""
+    given = value  # reported as the user wrote it (0, not (0, 0))
     if isinstance(value, bool):
         raise TypeError(f"{op}: `{name}` must be an int or a pair of ints (h, w), got {value!r}.")
     if isinstance(value, int) or (hasattr(value, "__index__") and not isinstance(value, (tuple, list))):
@@ -30,7 +31,7 @@ def pair(value, name: str, op: str, *, minimum: int) -> tuple[int, int]:
     except (AttributeError, TypeError):
         raise TypeError(f"{op}: `{name}` must be an int or a pair of ints (h, w), got {value!r}.") from None
     if h < minimum or w < minimum:
-        raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {value!r}; use {name}={minimum} or larger.")
+        raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {given!r}; use {name}={minimum} or larger.")
     return h, w
 
 
