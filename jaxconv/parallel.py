@@ -78,8 +78,9 @@ def _check_coordinator(address: str, op: str) -> str:
 
 
 def _set_cpu_collectives(name: str) -> None:
-    # Only the CPU client reads this, when it starts: so it is set before any JAX
-    # computation. gloo is the default from jax 0.5 on; older versions had none.
+    # Only the CPU client reads this, when it starts, so it is set before any JAX
+    # computation. jax 0.10.2 already defaults to gloo; setting it explicitly keeps
+    # multi-process CPU runs working where a version's default differs.
     jax.config.update("jax_cpu_collectives_implementation", name)
 
 

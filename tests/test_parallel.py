@@ -125,6 +125,10 @@ def child_devices(out_dir):
             info["collectives"] = sorted(c for c in ("all-reduce", "reduce-scatter", "all-gather") if c in hlo)
         params, opt_state, metrics = step4(params, opt_state, xs, ys)
         losses4.append(float(metrics["loss"]))
+    try:
+        parallel.shard_batch(mesh, batches[0][0][:30], batches[0][1][:30])
+    except ValueError as e:
+        info["shard_batch_error"] = str(e)
     info["params_replicated"] = all(leaf.is_fully_replicated for leaf in jax.tree_util.tree_leaves(params))
     info["params_n_devices"] = sorted({len(leaf.sharding.device_set) for leaf in jax.tree_util.tree_leaves(params)})
     info["losses1"], info["losses4"] = losses1, losses4
@@ -155,6 +159,10 @@ def child_process(out_dir, coordinator, num_processes, process_id):
     import jax
 
     model, optimizer, params0, batches = _problem()
+    try:
+        parallel.data_mesh(3)
+    except ValueError as e:
+        mesh_error = str(e)
     mesh = parallel.data_mesh()
     step = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh)
     params, opt_state = parallel.replicate(mesh, (params0, optimizer.init(params0)))
@@ -171,6 +179,7 @@ def child_process(out_dir, coordinator, num_processes, process_id):
         "local_device_count": jax.local_device_count(),
         "rows": [rows.start, rows.stop],
         "primary": parallel.is_primary(),
+        "mesh_error": mesh_error,
     }
     with open(os.path.join(out_dir, f"process{process_id}.json"), "w") as f:
         json.dump(info, f)
@@ -261,6 +270,9 @@ def test_batch_is_split_and_gradients_all_reduced(four_devices):
     assert sorted(map(tuple, info["x_shard_rows"])) == [(0, 8), (8, 16), (16, 24), (24, 32)]
     assert "all-reduce" in info["collectives"]  # XLA's SPMD partitioner averages the gradients
     assert info["params_replicated"] and info["params_n_devices"] == [4]
+    assert info["shard_batch_error"].startswith(
+        "shard_batch: this process feeds 4 device(s) but got 30 rows, not a multiple of 4;"
+    )
 
 
 def test_checkpoints_move_between_sharded_and_single_device(four_devices):
@@ -295,6 +307,8 @@ def test_two_processes_match_one_process(four_devices, tmp_path):
             "local_device_count": 2,
             "rows": [16 * i, 16 * (i + 1)],  # each process loads half of each global batch
             "primary": i == 0,
+            "mesh_error": "data_mesh: `n_devices` (=3) must be a multiple of the number of processes (=2) "
+            "so that each process feeds the same number of devices.",
         }
         _assert_params_close(_load(tmp_path / f"process{i}.npz"), ref)
     assert (tmp_path / "ckpt_multiprocess.npz").exists()
