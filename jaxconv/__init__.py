@@ -6,7 +6,7 @@ over layers (`jaxconv.models.lenet5`), training on top (`jaxconv.train`).
 Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 """
 
-from jaxconv import initializers, models
+from jaxconv import checkpoint, data, initializers, models, parallel, train
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.conv import conv2d
 from jaxconv.layers import (
@@ -58,9 +58,11 @@ __all__ = [
     "Tanh",
     "accuracy",
     "avg_pool",
+    "checkpoint",
     "conv2d",
     "conv_output_size",
     "cost",
+    "data",
     "count_params",
     "dense",
     "flatten",
@@ -70,6 +72,7 @@ __all__ = [
     "log_softmax",
     "max_pool",
     "models",
+    "parallel",
     "relu",
     "serial",
     "sigmoid",
@@ -77,4 +80,5 @@ __all__ = [
     "softmax_cross_entropy",
     "summary",
     "tanh",
+    "train",
 ]

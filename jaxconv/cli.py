@@ -53,13 +53,20 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_train(args) -> int:
+    from jaxconv import parallel
     from jaxconv.trainer import NonFiniteLoss, TrainConfig, fit
+
+    try:  # before anything touches a device: joins a multi-process run if one is asked for
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as e:
+        print(f"jaxconv train: error: {e}", file=sys.stderr)
+        return 2
 
     config = TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, shift=args.shift, impl=args.impl, seed=args.seed, out=args.out, resume=args.resume,
         ensemble=args.ensemble, limit=args.limit, checkpoint_every=args.checkpoint_every,
-        progress=not args.no_progress,
+        progress=not args.no_progress, devices=args.devices,
     )
     try:
         result = fit(config)
@@ -131,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="STEPS",
                    help="also checkpoint every STEPS steps (0: only at the end of each epoch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    g = p.add_argument_group("scaling out", "data parallelism over devices and hosts (see README, Scaling out)")
+    g.add_argument("--devices", type=_positive_int, default=None, metavar="N",
+                   help="split each batch over N devices (default: all devices of all processes); "
+                        "--batch-size must be a multiple of N")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0 for a multi-process run (env JAXCONV_COORDINATOR; 'auto' on "
+                        "TPU pods, Slurm, Open MPI)")
+    g.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
+                   help="number of processes in the run (env JAXCONV_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="this process's id, 0..N-1 (env JAXCONV_PROCESS_ID)")
     p.set_defaults(func=cmd_train)
     return parser
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv import checkpoint, data, models
+from jaxconv import checkpoint, data, models, parallel
 from jaxconv.train import evaluate, make_eval_step, make_train_step, stack_params
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -50,6 +50,7 @@ class TrainConfig:
     ensemble: int = 1  # K independently initialised models trained at once
     limit: Optional[int] = None  # use only the first N training images (quick runs)
     checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of each epoch
+    devices: Optional[int] = None  # data-parallel over this many devices; None: all (of every process)
     progress: bool = True  # tqdm progress bars
 
     def validate(self):
@@ -72,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"train: `lr` must be > 0, got {self.lr}.")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"train: `limit` must be >= 1, got {self.limit}.")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"train: `devices` must be >= 1, got {self.devices}.")
         if self.checkpoint_every < 0:
             raise ValueError(f"train: `checkpoint_every` must be >= 0, got {self.checkpoint_every}.")
         return self
@@ -141,8 +144,20 @@ def _evaluate_ensemble(apply, params, x, y, batch_size):
 
 
 def fit(config: TrainConfig, log=print) -> dict:
-    """Train as `config` says; return a summary dict (best and final test accuracy, files, timing)."""
+    """Train as `config` says; return a summary dict (best and final test accuracy, files, timing).
+
+    With several devices (or processes joined by `parallel.initialize_distributed`,
+    which must run first) each batch is split over a data-parallel mesh; only
+    process 0 logs and writes files.
+    """
     config.validate()
+    primary = parallel.is_primary()
+    if not primary:
+        log = lambda *a, **k: None  # noqa: E731  (one process speaks for all)
+    n_devices = config.devices or jax.device_count()
+    mesh = parallel.data_mesh(n_devices) if n_devices > 1 or jax.process_count() > 1 else None
+    if mesh is not None:
+        parallel.check_batch_size(config.batch_size, mesh)
     os.makedirs(config.out, exist_ok=True)
     ds = load_data(config)
     m = len(ds.x_train)
@@ -157,7 +172,10 @@ def fit(config: TrainConfig, log=print) -> dict:
     root = jax.random.key(config.seed)
     init_key, data_key, shift_key = jax.random.split(root, 3)
     params, opt_state = _init(model, optimizer, init_key, input_shape, config.ensemble)
-    step_fn = make_train_step(model.apply, optimizer, ensemble=config.ensemble > 1)
+    if mesh is None:
+        step_fn = make_train_step(model.apply, optimizer, ensemble=config.ensemble > 1)
+    else:
+        step_fn = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh, ensemble=config.ensemble > 1)
     eval_step = make_eval_step(model.apply)
 
     ckpt_path = os.path.join(config.out, "checkpoint.npz")
@@ -180,14 +198,19 @@ def fit(config: TrainConfig, log=print) -> dict:
                 history = [json.loads(line) for line in f if line.strip()]
             history = [h for h in history if h["step"] <= step]
         log(f"resumed from {ckpt_path} at step {step} (epoch {step // steps_per_epoch + 1})")
-    with open(os.path.join(config.out, "config.json"), "w") as f:
-        json.dump(config_dict, f, indent=2)
+    if mesh is not None:
+        params, opt_state = parallel.replicate(mesh, (params, opt_state))
+    if primary:
+        with open(os.path.join(config.out, "config.json"), "w") as f:
+            json.dump(config_dict, f, indent=2)
 
     def save(step):
-        checkpoint.save_checkpoint(
-            ckpt_path, params=params, opt_state=opt_state, step=step, key=root,
-            config={k: config_dict[k] for k in RESUME_KEYS},
-        )
+        host_params, host_opt_state = parallel.to_host((params, opt_state))  # every process takes part
+        if primary:
+            checkpoint.save_checkpoint(
+                ckpt_path, params=host_params, opt_state=host_opt_state, step=step, key=root,
+                config={k: config_dict[k] for k in RESUME_KEYS},
+            )
 
     log(
         f"training {config.model} ({config.impl} conv) on {config.data}: {m} train / {len(ds.x_test)} test images "
@@ -195,10 +218,11 @@ def fit(config: TrainConfig, log=print) -> dict:
         + (f" ({dropped} images left out of each epoch, a different {dropped} each time)" if dropped else "")
         + f", {config.optimizer} lr={config.learning_rate} ({config.schedule}), shifts up to {config.shift} px"
         + f", backend {jax.default_backend()}"
+        + (f", data-parallel over {mesh.size} devices in {jax.process_count()} process(es)" if mesh is not None else "")
     )
     if config.progress:
         from tqdm.auto import tqdm
-    start_time, images = time.perf_counter(), 0
+    start_time = time.perf_counter()
     first_epoch = step // steps_per_epoch
     for epoch in range(first_epoch, config.epochs):
         epoch_start = time.perf_counter()
@@ -208,17 +232,19 @@ def fit(config: TrainConfig, log=print) -> dict:
             start_step=start_step, drop_last=True,
         )
         bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   unit="step", leave=False) if config.progress else None
+                   unit="step", leave=False) if config.progress and primary else None
         losses = []
         for x, y in batch_iter:
-            x = data.random_shift(x, config.shift, jax.random.fold_in(shift_key, step))
+            x = data.random_shift(x, config.shift, jax.random.fold_in(shift_key, step))  # whole global batch
+            if mesh is not None:
+                x, y = parallel.shard_batch(mesh, *parallel.take_process_rows(mesh, x, y))
             params, opt_state, metrics = step_fn(params, opt_state, x, y)
             losses.append(metrics["loss"])
             step += 1
-            images += len(x)
             if bar is not None and (step % 5 == 0 or step % steps_per_epoch == 0):
                 loss_now = float(jnp.mean(metrics["loss"]))
-                bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{images / (time.perf_counter() - start_time):,.0f}")
+                rate = len(losses) * config.batch_size / (time.perf_counter() - epoch_start)
+                bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:,.0f}")
             if bar is not None:
                 bar.update(1)
             if config.checkpoint_every and step % config.checkpoint_every == 0:
@@ -226,9 +252,11 @@ def fit(config: TrainConfig, log=print) -> dict:
                 save(step)
         if bar is not None:
             bar.close()
-        train_loss = _check_finite(losses, step, epoch, steps_per_epoch)
+        train_loss = _check_finite(losses, step, epoch, steps_per_epoch)  # waits for the epoch's last step
+        train_time = time.perf_counter() - epoch_start
         save(step)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "time_s": time.perf_counter() - epoch_start}
+        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_time_s": train_time,
+                  "images_per_s": len(losses) * config.batch_size / train_time}
         if config.ensemble == 1:
             train_eval = evaluate(model.apply, params, ds.x_train, ds.y_train, 256, eval_step=eval_step)
             test_eval = evaluate(model.apply, params, ds.x_test, ds.y_test, 256, eval_step=eval_step)
@@ -239,26 +267,30 @@ def fit(config: TrainConfig, log=print) -> dict:
             record.update(train_accuracy=train_ens, test_accuracy=test_ens,
                           test_accuracy_each=[float(a) for a in test_each],
                           train_accuracy_each=[float(a) for a in train_each])
+        record["time_s"] = time.perf_counter() - epoch_start  # training, checkpoint and evaluation
         history.append(record)
-        with open(metrics_path, "w") as f:  # rewritten whole: a resumed run keeps one line per epoch
-            f.writelines(json.dumps(h) + "\n" for h in history)
+        if primary:
+            with open(metrics_path, "w") as f:  # rewritten whole: a resumed run keeps one line per epoch
+                f.writelines(json.dumps(h) + "\n" for h in history)
         log(
             f"epoch {epoch + 1:3d}/{config.epochs}  train loss {train_loss:.4f}  "
             f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
-            f"({record['time_s']:.1f} s)"
+            f"({record['time_s']:.1f} s, {record['images_per_s']:,.0f} images/s)"
             + (f"  members {' '.join(f'{a:.4f}' for a in record['test_accuracy_each'])}" if config.ensemble > 1 else "")
         )
     elapsed = time.perf_counter() - start_time
+    # Training throughput without the first epoch, which includes compilation.
+    speeds = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
     result = {
         "best_test_accuracy": max((h["test_accuracy"] for h in history), default=float("nan")),
         "final_test_accuracy": history[-1]["test_accuracy"] if history else float("nan"),
         "epochs": len(history),
         "wall_s": elapsed,
-        "images_per_s": images / elapsed if images else float("nan"),
+        "images_per_s": float(np.median(speeds)) if speeds else float("nan"),
         "out": config.out,
         "files": {"config": "config.json", "metrics": "metrics.jsonl", "checkpoint": "checkpoint.npz"},
     }
-    plot_path = _plot(history, config.out)
+    plot_path = _plot(history, config.out) if primary else None
     if plot_path:
         result["files"]["plot"] = os.path.basename(plot_path)
     return result
