@@ -121,7 +121,7 @@ def plot_curves(results, max_shift, path, plt):
     ax.set_ylim(0, 1.02)
     ax.set_xticks(range(max_shift + 1))
     ax.set_title("Translation: convolution vs fully connected")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
