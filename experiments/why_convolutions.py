@@ -13,7 +13,11 @@ then evaluates both on the test images shifted by 0..--max-shift pixels up,
 down, left and right inside the 32x32 canvas (zero fill; the digit never
 leaves the canvas for shifts <= 12). --digit-size 16 resizes the digits to
 16x16 first (LeNet-5 was designed for 20x20 digits in a 32x32 canvas; an 8x8
-digit is barely bigger than its 5x5 filters). Neither net sees a shifted image in
+digit is barely bigger than its 5x5 filters). --gap adds a third net, small
+and all-convolutional with a global-average-pool head (24,202 parameters):
+the convolutions are shift-equivariant, and the head averages over space, so
+it is invariant to shifts by multiples of its total pooling stride (4 pixels)
+and only to those; LeNet-5's fully connected head is not. Neither net sees a shifted image in
 training.
 
 Prints the parameter counts, the accuracy-vs-shift table (mean over the four
@@ -76,6 +80,17 @@ def fully_connected(hidden) -> jaxconv.Layer:
     return jaxconv.serial(*layers, jaxconv.Dense(10))
 
 
+def conv_gap() -> jaxconv.Layer:
+    """A small all-convolutional net whose head is a global average pool: shift-invariant by construction
+    (up to the canvas border and the pooling grid), unlike LeNet-5's fully connected head."""
+    return jaxconv.serial(
+        jaxconv.Conv2D(16, 5, padding="SAME"), jaxconv.Relu(), jaxconv.MaxPool(2),  # (m, 16, 16, 16)
+        jaxconv.Conv2D(32, 3, padding="SAME"), jaxconv.Relu(), jaxconv.MaxPool(2),  # (m, 8, 8, 32)
+        jaxconv.Conv2D(64, 3, padding="SAME"), jaxconv.Relu(),  # (m, 8, 8, 64)
+        jaxconv.GlobalAvgPool(), jaxconv.Dense(10),  # (m, 64) -> logits (m, 10)
+    )
+
+
 def train(model, data, *, epochs, batch_size, lr, seed, label):
     """Adam on the softmax cross-entropy; returns the trained params and the final epoch's train metrics."""
     key = jax.random.key(seed)
@@ -108,7 +123,7 @@ def accuracy_vs_shift(model, params, x, y, max_shift):
 
 def plot_curves(results, max_shift, path, plt):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (label, res), color in zip(results.items(), ("C0", "C3")):
+    for (label, res), color in zip(results.items(), ("C0", "C3", "C2")):
         per_dir = np.array(list(res["accuracy"].values()))  # (4, max_shift + 1)
         ks = np.arange(max_shift + 1)
         for row in per_dir:
@@ -168,6 +183,8 @@ def main(argv=None):
                    help="size of the digit inside the 32x32 canvas: 8 = the original 8x8 images zero-padded "
                         "(load_digits(pad_to=32), default); 16 or 20 resize them first (LeNet-5 was designed for "
                         "20x20 digits in a 32x32 canvas)")
+    p.add_argument("--gap", action="store_true",
+                   help="also train a small conv net with a global-average-pool head (invariance by construction)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the inits and the batch order")
     args = p.parse_args(argv)
     epochs = 2 if args.quick else args.epochs
@@ -183,6 +200,8 @@ def main(argv=None):
     print(f"digits: {len(data.x_train)} train, {len(data.x_test)} test, "
           f"{'8x8' if n == 8 else f'8x8 resized to {n}x{n},'} zero-padded to 32x32")
     nets = {"LeNet-5": models.lenet5(), f"fully connected {'-'.join(map(str, [1024, *hidden, 10]))}": fully_connected(hidden)}
+    if args.gap:
+        nets["conv + global avg pool"] = conv_gap()
     results = {}
     for label, model in nets.items():
         t0 = time.perf_counter()
