@@ -26,6 +26,7 @@ from jaxconv import (
     serial,
     softmax_cross_entropy,
 )
+from jaxconv.conv import IMPLS
 from jaxconv.models import lenet5
 
 KEY = jax.random.key(0)
@@ -57,7 +58,7 @@ CONV_ERRORS = {
     "padding_negative": (lambda x, w: conv2d(x, w, padding=-1), ValueError, "`padding` must be non-negative, got -1; crop the input"),
     "padding_negative_pairs": (lambda x, w: conv2d(x, w, padding=((0, 1), (-1, 0))), ValueError, "`padding` must be non-negative, got ((0, 1), (-1, 0))"),
     "padding_string": (lambda x, w: conv2d(x, w, padding="FULL"), ValueError, "conv2d: unknown `padding` string 'FULL'. It needs to be one of ['SAME', 'VALID']"),
-    "impl": (lambda x, w: conv2d(x, w, impl="fft"), ValueError, "conv2d: unknown `impl` 'fft'. It needs to be one of ['lax', 'hand', 'hand_autodiff']"),
+    "impl": (lambda x, w: conv2d(x, w, impl="fft"), ValueError, f"conv2d: unknown `impl` 'fft'. It needs to be one of {list(IMPLS)}"),
     "bias_shape": (lambda x, w: conv2d(x, w, jnp.zeros((3,), F32)), ValueError, "conv2d: `b` must have shape (n_C',) = (2,) to match the filter, got (3,)"),
     "bias_rank": (lambda x, w: conv2d(x, w, jnp.zeros((1, 2), F32)), ValueError, "`b` must have shape (n_C',) = (2,) to match the filter, got (1, 2)"),
     "dtype": (lambda x, w: conv2d(x, w.astype(jnp.float64)), TypeError, "conv2d: `x` (float32) and `w` (float64) must have the same dtype"),
@@ -132,7 +133,8 @@ def test_argument_type_errors(kw, exc, fragment):
 
 
 def test_conv2d_layer_unknown_impl():
-    with _raises(ValueError, "Conv2D: unknown `impl` 'cuda'. It needs to be one of ['lax', 'hand', 'hand_autodiff']"):
+    assert {"lax", "hand", "hand_autodiff"} <= set(IMPLS)
+    with _raises(ValueError, f"Conv2D: unknown `impl` 'cuda'. It needs to be one of {list(IMPLS)}"):
         Conv2D(4, 3, impl="cuda")
 
 
