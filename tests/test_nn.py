@@ -1,7 +1,6 @@
 """Dense, activations, losses and the cost, against plain float64 numpy formulas."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
