@@ -6,10 +6,22 @@ is cross-correlation, as in the notes and in lax:
 
     Z[m, h, w, o] = b[o] + Σ_{i, j, c} X_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c] · W[i, j, c, o]
 
-The hand-rolled convolution never calls a lax convolution primitive: it pads,
-takes the f_H·f_W shifted, strided, dilated views of the input and contracts
-them with the filter (`_correlate`). Its backward pass (`_hand_bwd`) is
-derived by hand and sits right below its forward (`_hand_fwd`).
+The hand-rolled convolution never calls a lax convolution primitive. It has
+two algorithms, each a forward with its hand-derived backward right below it:
+
+- im2col (`_hand_fwd` / `_hand_bwd`, any stride, dilation, groups): pad, take
+  the f_H·f_W shifted, strided, dilated views of the input, stack them into
+  patches and contract them with the filter in one matmul.
+- rows (`_rows_fwd` / `_rows_bwd`, stride 1, dilation 1, one group): stack
+  only the f_H shifted rows of the input and multiply them by the filter laid
+  out as a banded (Toeplitz) matrix along the width. It does W_pad/f_W times
+  the arithmetic of im2col but in one well-shaped matmul, with a cheap
+  gather, which on CPU is what counts for narrow layers (LeNet).
+
+impl="hand" picks between them per layer (`hand_algorithm`); impl="auto"
+(the default) is lax on GPU/TPU, where cuDNN-like libraries win, and "hand"
+on CPU, where XLA's convolution runs on one core and is slower
+(experiments/bench_conv.py measures both).
 """
 
 from __future__ import annotations
@@ -18,12 +30,14 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxconv import _args
 from jaxconv._args import LAYOUT, conv_output_size  # noqa: F401  (re-exported)
 
-IMPLS = ("lax", "hand", "hand_autodiff")
+IMPLS = ("auto", "lax", "hand", "hand_autodiff")
+HAND_ALGORITHMS = ("im2col", "rows")
 
 
 # ---------------------------------------------------------------------------
@@ -44,6 +58,15 @@ def _views(x_pad, f, s, d, n_out):
     return views
 
 
+def _out_size(n_pad, f, s, d):
+    return tuple((n - d_i * (f_i - 1) - 1) // s_i + 1 for n, f_i, s_i, d_i in zip(n_pad, f, s, d))
+
+
+def _patches(x_pad, f, s, d, n_out):
+    """im2col: (m, n_H', n_W', f_H·f_W·n_C), tap (i, j) major, channel minor."""
+    return jnp.concatenate(_views(x_pad, f, s, d, n_out), axis=-1)
+
+
 def _correlate(x_pad, w, s, d, groups):
     """Valid cross-correlation of a padded NHWC input with an HWIO filter, no lax conv.
 
@@ -55,37 +78,34 @@ def _correlate(x_pad, w, s, d, groups):
     """
     f_H, f_W, n_Cg, n_C_out = w.shape
     m, n_H_pad, n_W_pad, n_C = x_pad.shape
-    n_out = tuple((n - d_i * (f_i - 1) - 1) // s_i + 1 for n, f_i, s_i, d_i in zip((n_H_pad, n_W_pad), (f_H, f_W), s, d))
+    n_out = _out_size((n_H_pad, n_W_pad), (f_H, f_W), s, d)
     G, n_Og = groups, n_C_out // groups
-    views = _views(x_pad, (f_H, f_W), s, d, n_out)
+    patches = _patches(x_pad, (f_H, f_W), s, d, n_out)  # (m, n_H', n_W', f_H·f_W·n_C)
     if G == 1:
-        patches = jnp.concatenate(views, axis=-1)  # (m, n_H', n_W', f_H·f_W·n_C)
         return jnp.dot(patches, w.reshape(f_H * f_W * n_C, n_C_out), preferred_element_type=x_pad.dtype)
-    patches = jnp.stack(views, axis=3).reshape(m, *n_out, f_H * f_W, G, n_Cg)  # (m, n_H', n_W', K, G, n_C/G)
+    patches = patches.reshape(m, *n_out, f_H * f_W, G, n_Cg)  # (m, n_H', n_W', K, G, n_C/G)
     z = jnp.einsum("mhwkgc,kcgo->mhwgo", patches, w.reshape(f_H * f_W, n_Cg, G, n_Og))
     return z.reshape(m, *n_out, n_C_out)
 
 
-def _flip_transpose(w, groups):
-    """Filter of the input gradient: flipped in space, in/out channels swapped per group.
+def _pad_input(x, pads):
+    return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))  # (m, n_H + p_top + p_bottom, …, n_C)
 
-    (f_H, f_W, n_C/G, n_C') -> (f_H, f_W, n_C'/G, n_C).
-    """
-    f_H, f_W, n_Cg, n_C_out = w.shape
-    G = groups
-    w = w[::-1, ::-1].reshape(f_H, f_W, n_Cg, G, n_C_out // G)
-    return w.transpose(0, 1, 4, 3, 2).reshape(f_H, f_W, n_C_out // G, G * n_Cg)
+
+def _crop(dX_pad, pads, x_shape):
+    (top, _), (left, _) = pads
+    return dX_pad[:, top : top + x_shape[1], left : left + x_shape[2], :]  # (m, n_H, n_W, n_C)
 
 
 # ---------------------------------------------------------------------------
-# impl="hand": forward and hand-derived backward, side by side.
+# impl="hand", im2col: forward and hand-derived backward, side by side.
 # ---------------------------------------------------------------------------
 
 
 def _hand_forward(x, w, b, geom):
     """Z = X_pad ⋆ W + b (strided, dilated cross-correlation). Returns (Z, X_pad)."""
     pads, s, d, groups = geom
-    x_pad = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))  # (m, n_H + p_top + p_bottom, …, n_C)
+    x_pad = _pad_input(x, pads)
     z = _correlate(x_pad, w, s, d, groups)  # (m, n_H', n_W', n_C')
     if b is not None:
         z = z + b
@@ -105,17 +125,16 @@ def _hand_fwd(x, w, b, geom):
 def _hand_bwd(geom, res, dZ):
     """Backward of Z = X_pad ⋆ W + b, derived by hand (no lax conv).
 
-    With dZ = ∂J/∂Z of shape (m, n_H', n_W', n_C'):
+    With dZ = ∂J/∂Z of shape (m, n_H', n_W', n_C') and P the im2col patches,
+    P[m, h, w, (i, j, c)] = X_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c], so that
+    Z = P · W as one matmul over (i, j, c):
 
     - db[o]          = Σ_{m,h,w} dZ[m, h, w, o]
-    - dW[i, j, c, o] = Σ_{m,h,w} X_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c] · dZ[m, h, w, o]
-                       (the padded input correlated with dZ, one contraction per filter tap)
-    - dX_pad         = pad(dilate_s(dZ), (f−1)·d) ⋆_d rot180(W)ᵀ, dX = crop of dX_pad to the padding:
-                       dZ dilated by the stride (s − 1 zeros between entries), padded by d(f − 1)
-                       on each side, fully correlated (stride 1, dilation d) with the filter
-                       rotated by 180° and its in/out channels swapped, then the input's padding
-                       cropped off. Rows the forward never read (the floor in the size formula)
-                       get zero gradient.
+    - dW[i, j, c, o] = Σ_{m,h,w} P[m, h, w, (i, j, c)] · dZ[m, h, w, o]      (dW = Pᵀ dZ, one matmul)
+    - dP[m, h, w, (i, j, c)] = Σ_o dZ[m, h, w, o] · W[i, j, c, o]            (dP = dZ Wᵀ, one matmul)
+      dX_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c] += dP[m, h, w, (i, j, c)]  (col2im: every patch entry
+                       adds back to the pixel it was copied from), dX = crop of dX_pad to the padding.
+                       Rows the forward never read (the floor in the size formula) get zero gradient.
 
     With groups G every sum over c and o stays inside its group.
     """
@@ -123,31 +142,154 @@ def _hand_bwd(geom, res, dZ):
     pads, s, d, G = geom
     f_H, f_W, n_Cg, n_C_out = w.shape
     m, n_H_out, n_W_out, _ = dZ.shape
-    n_Og = n_C_out // G
+    n_C, n_Og, K = x_pad.shape[3], n_C_out // G, f_H * f_W
 
     db = dZ.sum(axis=(0, 1, 2)) if has_bias else None  # (n_C',)
 
-    views = _views(x_pad, (f_H, f_W), s, d, (n_H_out, n_W_out))  # f_H·f_W × (m, n_H', n_W', n_C)
-    dZ_g = dZ.reshape(m, n_H_out, n_W_out, G, n_Og)
-    dW = jnp.stack(
-        [jnp.einsum("mhwgc,mhwgo->cgo", v.reshape(m, n_H_out, n_W_out, G, n_Cg), dZ_g) for v in views]
-    ).reshape(f_H, f_W, n_Cg, n_C_out)  # (f_H, f_W, n_C/G, n_C')
+    P = _patches(x_pad, (f_H, f_W), s, d, (n_H_out, n_W_out))  # (m, n_H', n_W', K·n_C)
+    if G == 1:
+        w_mat = w.reshape(K * n_C, n_C_out)
+        dW = jnp.einsum("mhwk,mhwo->ko", P, dZ).reshape(w.shape)  # (f_H, f_W, n_C, n_C')
+        dP = jnp.dot(dZ, w_mat.T)  # (m, n_H', n_W', K·n_C)
+    else:
+        P_g = P.reshape(m, n_H_out, n_W_out, K, G, n_Cg)
+        dZ_g = dZ.reshape(m, n_H_out, n_W_out, G, n_Og)
+        w_g = w.reshape(K, n_Cg, G, n_Og)
+        dW = jnp.einsum("mhwkgc,mhwgo->kcgo", P_g, dZ_g).reshape(w.shape)  # (f_H, f_W, n_C/G, n_C')
+        dP = jnp.einsum("mhwgo,kcgo->mhwkgc", dZ_g, w_g).reshape(m, n_H_out, n_W_out, K * n_C)
 
-    n_pad = x_pad.shape[1:3]
-    config = [(0, 0, 0)]
-    for n_o, n_p, f_i, s_i, d_i in zip((n_H_out, n_W_out), n_pad, (f_H, f_W), s, d):
-        full = d_i * (f_i - 1)
-        extra = n_p - ((n_o - 1) * s_i + 1 + full)  # rows of X_pad past the last window
-        config.append((full, full + extra, s_i - 1))
-    config.append((0, 0, 0))
-    dZ_full = lax.pad(dZ, jnp.zeros((), dZ.dtype), config)  # (m, n_H_pad + d(f−1), …, n_C')
-    dX_pad = _correlate(dZ_full, _flip_transpose(w, G), (1, 1), d, G)  # (m, n_H_pad, n_W_pad, n_C)
-    (top, _), (left, _) = pads
-    dX = dX_pad[:, top : top + x_shape[1], left : left + x_shape[2], :]  # (m, n_H, n_W, n_C)
-    return dX, dW, db
+    # col2im: tap (i, j) of output pixel (h, w) came from X_pad[h·s + i·d, w·s + j·d]; put it back
+    # there with a pad whose interior padding (s − 1) spreads the n' outputs s pixels apart.
+    zero = jnp.zeros((), dZ.dtype)
+    dX_pad = None
+    for k in range(K):
+        i, j = divmod(k, f_W)
+        config = [(0, 0, 0)]
+        for start, n_o, n_p, s_i in zip((i * d[0], j * d[1]), (n_H_out, n_W_out), x_pad.shape[1:3], s):
+            config.append((start, n_p - start - (n_o - 1) * s_i - 1, s_i - 1))
+        config.append((0, 0, 0))
+        tap = lax.pad(dP[..., k * n_C : (k + 1) * n_C], zero, config)  # (m, n_H_pad, n_W_pad, n_C)
+        dX_pad = tap if dX_pad is None else dX_pad + tap
+    return _crop(dX_pad, pads, x_shape), dW, db
 
 
 _hand.defvjp(_hand_fwd, _hand_bwd)
+
+
+# ---------------------------------------------------------------------------
+# impl="hand", rows (stride 1, dilation 1, one group): forward and hand-derived backward.
+# ---------------------------------------------------------------------------
+
+
+def _band(n_W_pad, f_W):
+    """The 0/1 shift tensor E[j, a, b] = 1 if a = b + j: (f_W, n_W_pad, n_W'), a numpy constant."""
+    n_W_out = n_W_pad - f_W + 1
+    E = np.zeros((f_W, n_W_pad, n_W_out), np.float32)
+    for j in range(f_W):
+        E[j, np.arange(n_W_out) + j, np.arange(n_W_out)] = 1
+    return E
+
+
+def _toeplitz(w, n_W_pad):
+    """The filter as a banded matrix along the width: (f_H·n_W_pad·n_C, n_W'·n_C').
+
+    T[(i, a, c), (b, o)] = W[i, a − b, c, o] where 0 <= a − b < f_W, else 0.
+    """
+    f_H, f_W, n_C, n_C_out = w.shape
+    E = jnp.asarray(_band(n_W_pad, f_W), w.dtype)
+    T = jnp.einsum("jab,ijco->iacbo", E, w)  # (f_H, n_W_pad, n_C, n_W', n_C')
+    return T.reshape(f_H * n_W_pad * n_C, -1)
+
+
+def _rows(x_pad, f_H, n_H_out):
+    """The f_H shifted rows of x_pad side by side: R[m, h, (i, a, c)] = X_pad[m, h + i, a, c]."""
+    m, n_H_pad, n_W_pad, n_C = x_pad.shape
+    flat = x_pad.reshape(m, n_H_pad, n_W_pad * n_C)
+    return jnp.concatenate([flat[:, i : i + n_H_out] for i in range(f_H)], axis=-1)  # (m, n_H', f_H·n_W_pad·n_C)
+
+
+def _rows_forward(x, w, b, pads):
+    """Z = R · T + b with R the stacked input rows and T the banded filter. Returns (Z, X_pad)."""
+    f_H, f_W, n_C, n_C_out = w.shape
+    x_pad = _pad_input(x, pads)  # (m, n_H_pad, n_W_pad, n_C)
+    m, n_H_pad, n_W_pad, _ = x_pad.shape
+    n_H_out, n_W_out = n_H_pad - f_H + 1, n_W_pad - f_W + 1
+    z = jnp.dot(_rows(x_pad, f_H, n_H_out), _toeplitz(w, n_W_pad), preferred_element_type=x.dtype)  # (m, n_H', n_W'·n_C')
+    z = z.reshape(m, n_H_out, n_W_out, n_C_out)
+    if b is not None:
+        z = z + b
+    return z, x_pad
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _hand_rows(x, w, b, pads):
+    return _rows_forward(x, w, b, pads)[0]
+
+
+def _rows_fwd(x, w, b, pads):
+    z, x_pad = _rows_forward(x, w, b, pads)
+    return z, (x_pad, w, b is not None, x.shape)
+
+
+def _rows_bwd(pads, res, dZ):
+    """Backward of Z = R · T + b (stride 1, dilation 1, one group), derived by hand (no lax conv).
+
+    R[m, h, (i, a, c)] = X_pad[m, h + i, a, c];  T[(i, a, c), (b, o)] = W[i, a − b, c, o] (0 <= a − b < f_W).
+    With dZ = ∂J/∂Z seen as (m·n_H', n_W'·n_C'):
+
+    - db[o]          = Σ_{m,h,w} dZ[m, h, w, o]
+    - dT             = Rᵀ dZ (one matmul), and since W[i, j, c, o] sits on the band a = b + j of T,
+      dW[i, j, c, o] = Σ_b dT[(i, b + j, c), (b, o)]     (the band of dT summed along its diagonal)
+    - dR             = dZ Tᵀ (one matmul), and since row h + i of X_pad was copied into R[h, i],
+      dX_pad[m, h + i, a, c] += dR[m, h, (i, a, c)],  dX = crop of dX_pad to the padding.
+    """
+    x_pad, w, has_bias, x_shape = res
+    f_H, f_W, n_C, n_C_out = w.shape
+    m, n_H_out, n_W_out, _ = dZ.shape
+    n_H_pad, n_W_pad = x_pad.shape[1:3]
+
+    db = dZ.sum(axis=(0, 1, 2)) if has_bias else None  # (n_C',)
+
+    dZ_mat = dZ.reshape(m * n_H_out, n_W_out * n_C_out)  # (m·n_H', n_W'·n_C')
+    R = _rows(x_pad, f_H, n_H_out).reshape(m * n_H_out, -1)  # (m·n_H', f_H·n_W_pad·n_C)
+    dT = jnp.dot(R.T, dZ_mat).reshape(f_H, n_W_pad, n_C, n_W_out, n_C_out)
+    E = jnp.asarray(_band(n_W_pad, f_W), w.dtype)  # (f_W, n_W_pad, n_W')
+    dW = jnp.einsum("jab,iacbo->ijco", E, dT)  # (f_H, f_W, n_C, n_C')
+
+    dR = jnp.dot(dZ_mat, _toeplitz(w, n_W_pad).T).reshape(m, n_H_out, f_H, n_W_pad * n_C)
+    zero = jnp.zeros((), dZ.dtype)
+    dX_pad = None
+    for i in range(f_H):  # row h + i of X_pad was copied into R[h, i]: add it back there
+        tap = lax.pad(dR[:, :, i], zero, [(0, 0, 0), (i, f_H - 1 - i, 0), (0, 0, 0)])  # (m, n_H_pad, n_W_pad·n_C)
+        dX_pad = tap if dX_pad is None else dX_pad + tap
+    dX_pad = dX_pad.reshape(m, n_H_pad, n_W_pad, n_C)
+    return _crop(dX_pad, pads, x_shape), dW, db
+
+
+_hand_rows.defvjp(_rows_fwd, _rows_bwd)
+
+
+# The rows algorithm multiplies by a banded matrix W_pad/f_W times larger than the filter:
+# use it while that matrix stays small and mostly useful (LeNet: 6.4x and 2.8x), im2col otherwise.
+ROWS_MAX_WASTE = 8  # n_W_pad / f_W
+ROWS_MAX_BAND = 1 << 20  # elements of the banded matrix (4 MiB in float32)
+
+
+def hand_algorithm(x_shape, w_shape, geom) -> str:
+    """The hand-rolled algorithm impl="hand" uses for this layer: "rows" or "im2col".
+
+    "rows" needs stride 1, dilation 1 and one group, and is chosen while its
+    banded filter matrix is at most ROWS_MAX_WASTE times wider than the filter
+    and holds at most ROWS_MAX_BAND elements; "im2col" handles everything else.
+    """
+    pads, s, d, groups = geom
+    f_H, f_W, n_Cg, n_C_out = w_shape
+    n_W_pad = x_shape[2] + pads[1][0] + pads[1][1]
+    n_W_out = n_W_pad - f_W + 1
+    band = f_H * n_W_pad * n_Cg * n_W_out * n_C_out
+    if s == (1, 1) and d == (1, 1) and groups == 1 and n_W_pad <= ROWS_MAX_WASTE * f_W and band <= ROWS_MAX_BAND:
+        return "rows"
+    return "im2col"
 
 
 # ---------------------------------------------------------------------------
@@ -185,7 +327,20 @@ def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1
     return pads, s, d, groups, (m, *n_out, n_C_out)
 
 
-def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="lax"):
+def resolve_impl(impl: str) -> str:
+    """The implementation impl="auto" stands for on the default backend: "hand" on CPU, "lax" elsewhere.
+
+    Read at trace time (`jax.default_backend()`), so a step compiled for GPU or
+    TPU uses lax's convolution (cuDNN and friends are fastest there) and one
+    compiled for CPU the hand-rolled matmul-based convolution, which on CPU is
+    faster than XLA's single-threaded convolution (experiments/bench_conv.py).
+    """
+    if impl != "auto":
+        return impl
+    return "hand" if jax.default_backend() == "cpu" else "lax"
+
+
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="auto"):
     """2-D convolution (cross-correlation) of NHWC activations with an HWIO filter.
 
     Args:
@@ -197,8 +352,11 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="lax
         (output ⌈n/s⌉; an odd total puts the extra row/column at the bottom/right).
       dilation: d, an int or (d_H, d_W): filter taps d pixels apart.
       groups: split the channels into this many independent convolutions.
-      impl: "lax" (lax.conv_general_dilated), "hand" (hand-rolled forward and
-        hand-derived backward) or "hand_autodiff" (hand-rolled forward, JAX autodiff).
+      impl: "auto" (default: "hand" on CPU, "lax" on GPU/TPU; see `resolve_impl`),
+        "lax" (lax.conv_general_dilated), "hand" (hand-rolled forward and
+        hand-derived backward; the algorithm, rows or im2col, is chosen per layer
+        by `hand_algorithm`) or "hand_autodiff" (hand-rolled im2col forward, JAX
+        autodiff). All give the same values and gradients up to float rounding.
 
     Returns:
       (m, n_H', n_W', n_C') with n' = ⌊(n + 2p − d(f−1) − 1)/s⌋ + 1
@@ -223,12 +381,15 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="lax
     if x.dtype != w.dtype:
         raise TypeError(f"conv2d: `x` ({x.dtype}) and `w` ({w.dtype}) must have the same dtype; cast one with .astype().")
     geom = (pads, s, d, groups)
+    impl = resolve_impl(impl)
     if impl == "lax":
         z = lax.conv_general_dilated(
             x, w, window_strides=s, padding=pads, rhs_dilation=d, dimension_numbers=LAYOUT, feature_group_count=groups
         )
         if b is not None:
             z = z + b
+    elif impl == "hand" and hand_algorithm(x.shape, w_shape, geom) == "rows":
+        z = _hand_rows(x, w, b, pads)
     elif impl == "hand":
         z = _hand(x, w, b, geom)
     else:

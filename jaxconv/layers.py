@@ -79,7 +79,7 @@ def Conv2D(
     dilation=1,
     groups: int = 1,
     use_bias: bool = True,
-    impl: str = "lax",
+    impl: str = "auto",
     w_init=initializers.he_normal,
     b_init=initializers.zeros,
 ) -> Layer:

@@ -26,7 +26,7 @@ def _lenet_like(n_filters1, n_filters2, num_classes, impl) -> Layer:
     )
 
 
-def lenet5(num_classes: int = 10, in_channels: int = 1, impl: str = "lax") -> Layer:
+def lenet5(num_classes: int = 10, in_channels: int = 1, impl: str = "auto") -> Layer:
     """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling, for 32x32 inputs.
 
     (m, 32, 32, in_channels) -> conv 6@5x5 -> pool 2 -> conv 16@5x5 -> pool 2
@@ -47,7 +47,7 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, impl: str = "lax") -> La
     return Layer(init, net.apply)
 
 
-def seed_cnn(num_classes: int = 10, impl: str = "lax") -> Layer:
+def seed_cnn(num_classes: int = 10, impl: str = "auto") -> Layer:
     """The notes' "CNN example" (Andrew Ng, CNN week 1), for 32x32x3 inputs.
 
     CONV1 f=5 s=1 8 filters (28,28,8) -> POOL1 (14,14,8) -> CONV2 f=5 s=1 16 filters

@@ -7,10 +7,19 @@ n' = ⌊(n + 2p − f)/s⌋ + 1.
 Max-pool gradients go to the first maximum of each window in row-major order
 (the tie policy of lax and PyTorch): where several pixels tie for the
 maximum, only the first receives the gradient.
+
+Max pooling has two paths with the same values and gradients: when the
+windows tile the input exactly (stride = window, no padding, sizes divisible
+by the window, the usual 2x2 pool) a reshape-and-max with a hand-written
+backward (`_tiled_max`); everywhere else `lax.reduce_window`. On CPU the
+tiled path's gradient is several times faster than reduce_window's.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -39,6 +48,59 @@ def _reduce(x, init, computation, f, s, pads):
     return lax.reduce_window(x, init, computation, (1, *f, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)))
 
 
+# ---------------------------------------------------------------------------
+# Tiled max pooling (stride = window, no padding): forward and backward side by side.
+# ---------------------------------------------------------------------------
+
+
+def _tiles(x, f):
+    """(m, n_H, n_W, n_C) -> (m, n_H/f_H, f_H, n_W/f_W, f_W, n_C): each window on axes 2 and 4."""
+    m, n_H, n_W, n_C = x.shape
+    return x.reshape(m, n_H // f[0], f[0], n_W // f[1], f[1], n_C)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tiled_max(x, f):
+    return _tiles(x, f).max(axis=(2, 4))  # (m, n_H/f_H, n_W/f_W, n_C)
+
+
+def _tiled_max_fwd(x, f):
+    y = _tiled_max(x, f)
+    return y, (x, y)
+
+
+def _tiled_max_bwd(f, res, dY):
+    """dX[window] = dY at the first maximum of the window in row-major order, 0 elsewhere.
+
+    Walks the f_H·f_W positions of every window in row-major order; a position
+    gets dY when it equals the window's maximum and no earlier position did
+    (`taken`), which is the tie policy of lax.reduce_window and PyTorch
+    (jnp.max's own gradient would split dY among the ties instead).
+    """
+    x, y = res
+    tiles = _tiles(x, f)  # (m, n_H', f_H, n_W', f_W, n_C)
+    taken = jnp.zeros(y.shape, bool)  # (m, n_H', n_W', n_C): the window's maximum already found
+    zero = jnp.zeros((), dY.dtype)
+    rows = []
+    for i in range(f[0]):
+        row = []
+        for j in range(f[1]):
+            first = (tiles[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | first
+            row.append(jnp.where(first, dY, zero))  # (m, n_H', n_W', n_C)
+        rows.append(jnp.stack(row, axis=3))  # (m, n_H', n_W', f_W, n_C)
+    dX = jnp.stack(rows, axis=2).reshape(x.shape)  # (m, n_H', f_H, n_W', f_W, n_C) -> (m, n_H, n_W, n_C)
+    return (dX,)
+
+
+_tiled_max.defvjp(_tiled_max_fwd, _tiled_max_bwd)
+
+
+def tiles_exactly(x_shape, f, s, pads) -> bool:
+    """Whether the windows tile the input: stride = window, no padding, n_H and n_W divisible by f."""
+    return s == f and pads == ((0, 0), (0, 0)) and x_shape[1] % f[0] == 0 and x_shape[2] % f[1] == 0
+
+
 def max_pool(x, window=2, stride=None, padding=0):
     """Max pooling. Padding counts as −∞, so it never wins a window.
 
@@ -57,7 +119,10 @@ def max_pool(x, window=2, stride=None, padding=0):
     """
     x, single = _args.check_rank(x, "max_pool")
     f, s, pads, _ = pool_geometry(x.shape, window, stride, padding, "max_pool")
-    y = _reduce(x, -jnp.inf, lax.max, f, s, pads)
+    if tiles_exactly(x.shape, f, s, pads):
+        y = _tiled_max(x, f)  # same values and gradients, faster gradient
+    else:
+        y = _reduce(x, -jnp.inf, lax.max, f, s, pads)
     return y[0] if single else y
 
 
