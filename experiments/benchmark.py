@@ -1,0 +1,443 @@
+"""LeNet-5 training throughput: jaxconv against plain JAX, Flax, Equinox and PyTorch, side by side.
+
+    python experiments/benchmark.py --out results/bench            # batch 128 and 512
+    python experiments/benchmark.py --quick --out /tmp/bench        # seconds, for tests
+
+Every contender trains LeNet-5 (32x32x1 -> 6@5x5 -> pool -> 16@5x5 -> pool ->
+120 -> 84 -> 10, Adam 1e-3, softmax cross-entropy) on the same random batch.
+One process, interleaved rounds (each contender runs `--steps` steps per round,
+in turn, so load from other processes hits all of them alike), warm-up excluded,
+`block_until_ready` before the clock stops, the median round reported.
+
+Also measured in the same run: the first-step compile time (trace + compile +
+one step), the machine's float32 matmul peak (numpy's BLAS and XLA's dot), the
+model FLOPs per image and the fraction of peak each contender reaches, and the
+default step on all CPU devices with the batch sharded over a mesh axis "data"
+(params replicated). Prints a table headed by the machine and writes
+benchmark.csv and benchmark.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+
+# One CPU device per core, before JAX starts (for the sharded contender).
+from jaxconv._platform import cpu_devices
+
+FLOPS_PER_IMAGE = None  # filled by lenet5_flops()
+
+
+def lenet5_flops() -> int:
+    """Model FLOPs of one LeNet-5 training step per image (2 per multiply-add, direct convolution).
+
+    Forward: conv1 28·28·6 outputs × 25 taps, conv2 10·10·16 × 150, dense 400·120 + 120·84 + 84·10.
+    Backward: dW of every layer (same as forward) and dX of every layer but conv1 (its input is data).
+    """
+    conv1 = 2 * 28 * 28 * 6 * 25
+    conv2 = 2 * 10 * 10 * 16 * 150
+    dense = 2 * (400 * 120 + 120 * 84 + 84 * 10)
+    forward = conv1 + conv2 + dense
+    backward = conv1 + 2 * conv2 + 2 * dense
+    return forward + backward  # 2,262,000
+
+
+def machine_line(torch_version: str | None) -> str:
+    import jax
+
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    parts = [
+        f"{model}, {os.cpu_count()} cores",
+        f"backend {jax.default_backend()} ({len(jax.devices())} devices)",
+        f"jax {jax.__version__}",
+        f"torch {torch_version}" if torch_version else "torch not installed",
+        f"python {platform.python_version()}",
+    ]
+    return " | ".join(parts)
+
+
+def matmul_peak(n: int, repeats: int) -> dict:
+    """float32 GFLOP/s of an n x n matmul: numpy (BLAS) and XLA's dot, best of `repeats`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    flops = 2 * n**3
+    a @ a
+    best_np = min(_timed(lambda: a @ a) for _ in range(repeats))
+    aj = jnp.asarray(a)
+    dot = jax.jit(jnp.dot)
+    dot(aj, aj).block_until_ready()
+    best_xla = min(_timed(lambda: dot(aj, aj).block_until_ready()) for _ in range(repeats))
+    return {"numpy": flops / best_np / 1e9, "xla": flops / best_xla / 1e9}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------
+# Contenders: each returns a zero-argument `run(n_steps)` that trains n steps and blocks.
+# ---------------------------------------------------------------------------
+
+
+def jaxconv_step(x, y, impl=None, sharded=False):
+    import jax
+    import optax
+
+    from jaxconv.models import lenet5
+    from jaxconv.train import make_train_step
+
+    model = lenet5() if impl is None else lenet5(impl=impl)
+    _, params = model.init(jax.random.key(0), (-1, 32, 32, 1))
+    optimizer = optax.adam(1e-3)
+    opt_state = optimizer.init(params)
+    step = make_train_step(model.apply, optimizer)
+    if sharded:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(jax.devices(), ("data",))
+        replicated, batch = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+        params, opt_state = jax.device_put((params, opt_state), replicated)
+        x, y = jax.device_put(x, batch), jax.device_put(y, batch)
+    state = [params, opt_state]
+
+    def run(n):
+        p, s = state
+        for _ in range(n):
+            p, s, metrics = step(p, s, x, y)
+        jax.block_until_ready((p, metrics))
+        state[:] = [p, s]
+
+    return run
+
+
+def plain_jax_step(x, y):
+    """The floor: LeNet-5 written directly in jax.numpy/lax, no library (lax conv, reduce_window)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax import lax
+
+    shapes = {"c1": (5, 5, 1, 6), "c2": (5, 5, 6, 16), "f3": (400, 120), "f4": (120, 84), "f5": (84, 10)}
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    params = {}
+    for k, (name, shape) in zip(keys, shapes.items()):
+        fan_in = 1
+        for n in shape[:-1]:
+            fan_in *= n
+        params[name] = {"w": jax.random.normal(k, shape) * (2 / fan_in) ** 0.5, "b": jnp.zeros(shape[-1])}
+
+    def conv(p, h):
+        return lax.conv_general_dilated(h, p["w"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"]
+
+    def pool(h):
+        return lax.reduce_window(h, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    def loss(params, x, y):
+        h = pool(jax.nn.relu(conv(params["c1"], x)))
+        h = pool(jax.nn.relu(conv(params["c2"], h))).reshape(x.shape[0], -1)
+        h = jax.nn.relu(h @ params["f3"]["w"] + params["f3"]["b"])
+        h = jax.nn.relu(h @ params["f4"]["w"] + params["f4"]["b"])
+        logits = h @ params["f5"]["w"] + params["f5"]["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    optimizer = optax.adam(1e-3)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        value, grads = jax.value_and_grad(loss)(params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    state = [params, optimizer.init(params)]
+
+    def run(n):
+        p, s = state
+        for _ in range(n):
+            p, s, value = step(p, s, x, y)
+        jax.block_until_ready((p, value))
+        state[:] = [p, s]
+
+    return run
+
+
+def flax_step(x, y):
+    import jax
+    import optax
+    from flax import linen as fnn
+
+    class LeNet(fnn.Module):
+        @fnn.compact
+        def __call__(self, h):
+            h = fnn.max_pool(fnn.relu(fnn.Conv(6, (5, 5), padding="VALID")(h)), (2, 2), (2, 2))
+            h = fnn.max_pool(fnn.relu(fnn.Conv(16, (5, 5), padding="VALID")(h)), (2, 2), (2, 2))
+            h = h.reshape(h.shape[0], -1)
+            h = fnn.relu(fnn.Dense(120)(h))
+            h = fnn.relu(fnn.Dense(84)(h))
+            return fnn.Dense(10)(h)
+
+    model = LeNet()
+    params = model.init(jax.random.key(0), x[:1])
+    optimizer = optax.adam(1e-3)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    state = [params, optimizer.init(params)]
+
+    def run(n):
+        p, s = state
+        for _ in range(n):
+            p, s, value = step(p, s, x, y)
+        jax.block_until_ready((p, value))
+        state[:] = [p, s]
+
+    return run
+
+
+def equinox_step(x, y):
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    class LeNet(eqx.Module):
+        c1: eqx.nn.Conv2d
+        c2: eqx.nn.Conv2d
+        pool: eqx.nn.MaxPool2d
+        f3: eqx.nn.Linear
+        f4: eqx.nn.Linear
+        f5: eqx.nn.Linear
+
+        def __init__(self, key):
+            k = jax.random.split(key, 5)
+            self.c1, self.c2 = eqx.nn.Conv2d(1, 6, 5, key=k[0]), eqx.nn.Conv2d(6, 16, 5, key=k[1])
+            self.pool = eqx.nn.MaxPool2d(2, 2)
+            self.f3, self.f4, self.f5 = eqx.nn.Linear(400, 120, key=k[2]), eqx.nn.Linear(120, 84, key=k[3]), eqx.nn.Linear(84, 10, key=k[4])
+
+        def __call__(self, h):  # one example, CHW (equinox's layout)
+            h = self.pool(jax.nn.relu(self.c1(h)))
+            h = self.pool(jax.nn.relu(self.c2(h))).reshape(-1)
+            return self.f5(jax.nn.relu(self.f4(jax.nn.relu(self.f3(h)))))
+
+    model = LeNet(jax.random.key(0))
+    optimizer = optax.adam(1e-3)
+    x_chw = jnp.transpose(x, (0, 3, 1, 2))
+
+    @eqx.filter_jit
+    def step(model, opt_state, x, y):
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
+
+        value, grads = eqx.filter_value_and_grad(loss)(model)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, value
+
+    state = [model, optimizer.init(eqx.filter(model, eqx.is_array))]
+
+    def run(n):
+        m, s = state
+        for _ in range(n):
+            m, s, value = step(m, s, x_chw, y)
+        jax.block_until_ready((eqx.filter(m, eqx.is_array), value))
+        state[:] = [m, s]
+
+    return run
+
+
+def torch_step(x, y):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+
+    class LeNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(1, 6, 5), torch.nn.Conv2d(6, 16, 5)
+            self.f3, self.f4, self.f5 = torch.nn.Linear(400, 120), torch.nn.Linear(120, 84), torch.nn.Linear(84, 10)
+
+        def forward(self, h):
+            h = F.max_pool2d(F.relu(self.c1(h)), 2)
+            h = F.max_pool2d(F.relu(self.c2(h)), 2).flatten(1)
+            return self.f5(F.relu(self.f4(F.relu(self.f3(h)))))
+
+    model = LeNet()
+    try:  # fused Adam on CPU where this torch has it, else the multi-tensor (foreach) one
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3, foreach=True)
+    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+
+    def run(n):
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xt), yt).backward()
+            optimizer.step()
+
+    return run
+
+
+# ---------------------------------------------------------------------------
+# The measurement.
+# ---------------------------------------------------------------------------
+
+
+def contenders(batch, args, n_devices):
+    """(name, factory) pairs; factories build a run(n) for this batch."""
+    import importlib.util
+
+    out = [
+        ("jaxconv default", lambda x, y: jaxconv_step(x, y)),
+        ("jaxconv impl=lax", lambda x, y: jaxconv_step(x, y, "lax")),
+        ("jaxconv impl=hand", lambda x, y: jaxconv_step(x, y, "hand")),
+        ("jaxconv impl=hand_autodiff", lambda x, y: jaxconv_step(x, y, "hand_autodiff")),
+        ("plain JAX (lax conv)", plain_jax_step),
+    ]
+    if n_devices > 1 and batch % n_devices == 0:
+        out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_step(x, y, sharded=True)))
+    if not args.no_peers:
+        if importlib.util.find_spec("flax"):
+            out.append(("Flax linen", flax_step))
+        if importlib.util.find_spec("equinox"):
+            out.append(("Equinox", equinox_step))
+        if importlib.util.find_spec("torch"):
+            out.append(("PyTorch eager", torch_step))
+    return out
+
+
+def measure_batch(batch, args, n_devices, peak):
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 32, 32, 1), dtype=np.float32)
+    y = rng.integers(0, 10, batch).astype(np.int32)
+    runs, compile_s = {}, {}
+    for name, factory in contenders(batch, args, n_devices):
+        xj, yj = (x, y) if name == "PyTorch eager" else (jax.numpy.asarray(x), jax.numpy.asarray(y))
+        run = factory(xj, yj)
+        compile_s[name] = _timed(lambda: run(1))  # first step: trace + compile + one step
+        run(args.warmup)  # warm-up, excluded
+        runs[name] = run
+    times = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, run in runs.items():  # interleaved: every contender once per round
+            times[name].append(_timed(lambda: run(args.steps)) / args.steps)
+    rows = []
+    ref = "PyTorch eager" if "PyTorch eager" in times else None
+    for name, ts in times.items():
+        step_s = float(np.median(ts))
+        images = batch / step_s
+        gflops = images * FLOPS_PER_IMAGE / 1e9
+        rows.append(
+            {
+                "name": name,
+                "batch": batch,
+                "images_per_s": images,
+                "ms_per_step": step_s * 1e3,
+                "vs_torch": images / (batch / float(np.median(times[ref]))) if ref else None,
+                "compile_s": compile_s[name],
+                "gflop_per_s": gflops,
+                "fraction_of_peak": gflops / max(peak.values()),
+                "rounds": len(ts),
+                "min_ms": float(np.min(ts)) * 1e3,
+                "max_ms": float(np.max(ts)) * 1e3,
+            }
+        )
+    return rows
+
+
+def format_table(rows, machine, peak, flops):
+    lines = [
+        f"Machine: {machine}",
+        f"float32 matmul peak: numpy {peak['numpy']:.0f} GFLOP/s, XLA dot {peak['xla']:.0f} GFLOP/s; "
+        f"LeNet-5 training step: {flops / 1e6:.2f} MFLOP/image",
+        "",
+        f"| {'contender':38s} | batch | images/s | vs PyTorch | ms/step | first step (s) | GFLOP/s | % of peak |",
+        f"|{'-' * 40}|------:|---------:|-----------:|--------:|---------------:|--------:|----------:|",
+    ]
+    for r in rows:
+        vs = f"{r['vs_torch']:.2f}x" if r["vs_torch"] is not None else "-"
+        lines.append(
+            f"| {r['name']:38s} | {r['batch']:5d} | {r['images_per_s']:8.0f} | {vs:>10s} | {r['ms_per_step']:7.2f} | "
+            f"{r['compile_s']:14.2f} | {r['gflop_per_s']:7.1f} | {100 * r['fraction_of_peak']:8.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512], help="batch sizes to measure")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds; the median round is reported")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per contender per round")
+    parser.add_argument("--warmup", type=int, default=5, help="steps run after the first, before timing")
+    parser.add_argument("--devices", type=int, default=os.cpu_count(), help="CPU devices for the sharded contender (1: none)")
+    parser.add_argument("--no-peers", action="store_true", help="skip Flax, Equinox and PyTorch")
+    parser.add_argument("--quick", action="store_true", help="tiny run for tests: batch 16, 2 rounds of 2 steps")
+    parser.add_argument("--out", default="results/benchmark", help="folder for benchmark.csv and benchmark.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.rounds, args.steps, args.warmup = [16], 2, 2, 1
+    n_devices = cpu_devices(args.devices) if args.devices > 1 else 1
+
+    global FLOPS_PER_IMAGE
+    FLOPS_PER_IMAGE = lenet5_flops()
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    machine = machine_line(torch_version)
+    print(machine, flush=True)
+    peak = matmul_peak(512 if args.quick else 2048, 3 if args.quick else 5)
+    rows = []
+    for batch in args.batch_sizes:
+        rows += measure_batch(batch, args, n_devices, peak)
+        print(f"batch {batch} done", file=sys.stderr, flush=True)
+    table = format_table(rows, machine, peak, FLOPS_PER_IMAGE)
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "benchmark.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(args.out, "benchmark.json"), "w") as f:
+        json.dump(
+            {"machine": machine, "peak_gflop_per_s": peak, "flops_per_image": FLOPS_PER_IMAGE, "args": vars(args), "rows": rows},
+            f,
+            indent=2,
+        )
+    with open(os.path.join(args.out, "benchmark.md"), "w") as f:
+        f.write(table + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
