@@ -1,0 +1,160 @@
+"""Convolution microbenchmark: forward and forward+backward, lax vs hand-rolled vs PyTorch.
+
+    python experiments/bench_conv.py --out results/bench_conv
+    python experiments/bench_conv.py --quick --out /tmp/bench_conv     # seconds, for tests
+
+Layers (NHWC -> filters): LeNet's conv1 (m, 32, 32, 1) -> 6 @ 5x5, LeNet's conv2
+(m, 14, 14, 6) -> 16 @ 5x5, and a wide (64, 32, 32, 64) -> 64 @ 3x3 SAME layer.
+Contenders: impl="lax", impl="hand" (the algorithm `hand_algorithm` picks for
+the layer), each hand-rolled algorithm forced (rows where it applies, im2col),
+impl="hand_autodiff", and PyTorch's conv2d (NCHW, eager) when installed.
+fwd+bwd is the forward plus the gradient with respect to x, w and b for a
+fixed random upstream gradient. Interleaved rounds, warm-up excluded,
+block_until_ready, medians; the ratio column is time / lax's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import time
+
+import numpy as np
+
+
+def layers(batch: int, quick: bool):
+    """(name, x shape, w shape, padding)."""
+    if quick:
+        return [
+            ("conv1", (batch, 32, 32, 1), (5, 5, 1, 6), 0),
+            ("conv2", (batch, 14, 14, 6), (5, 5, 6, 16), 0),
+            ("wide3x3", (2, 8, 8, 16), (3, 3, 16, 16), "SAME"),
+        ]
+    return [
+        ("conv1", (batch, 32, 32, 1), (5, 5, 1, 6), 0),
+        ("conv2", (batch, 14, 14, 6), (5, 5, 6, 16), 0),
+        ("wide3x3", (64, 32, 32, 64), (3, 3, 64, 64), "SAME"),
+    ]
+
+
+def jax_contenders(x_shape, w_shape, padding):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxconv import conv
+
+    geom = conv.conv_geometry(x_shape, w_shape, padding=padding)[:4]
+    out = {
+        "lax": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="lax"),
+        f"hand ({conv.hand_algorithm(x_shape, w_shape, geom)})": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand"),
+        "hand, im2col forced": lambda x, w, b: conv._hand(x, w, b, geom),
+        "hand_autodiff": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand_autodiff"),
+    }
+    if conv.hand_algorithm(x_shape, w_shape, geom) != "rows" and geom[1:] == ((1, 1), (1, 1), 1):
+        out["hand, rows forced"] = lambda x, w, b: conv._hand_rows(x, w, b, geom[0])
+    runs = {}
+    k = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(k[0], x_shape, jnp.float32)
+    w = jax.random.normal(k[1], w_shape, jnp.float32)
+    b = jax.random.normal(k[2], (w_shape[3],), jnp.float32)
+    for name, fn in out.items():
+        fwd = jax.jit(fn)
+        dz = jax.random.normal(k[3], fwd(x, w, b).shape, jnp.float32)
+
+        def fwd_bwd(x, w, b, fn=fn, dz=dz):
+            z, vjp = jax.vjp(fn, x, w, b)
+            return z, vjp(dz)
+
+        fb = jax.jit(fwd_bwd)
+        runs[(name, "fwd")] = lambda n, f=fwd: jax.block_until_ready([f(x, w, b) for _ in range(n)])
+        runs[(name, "fwd+bwd")] = lambda n, f=fb: jax.block_until_ready([f(x, w, b) for _ in range(n)])
+    return runs
+
+
+def torch_contenders(x_shape, w_shape, padding):
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    m, n_H, n_W, n_C = x_shape
+    f_H, f_W, _, n_O = w_shape
+    x = torch.randn(m, n_C, n_H, n_W, generator=g, requires_grad=True)
+    w = torch.randn(n_O, n_C, f_H, f_W, generator=g, requires_grad=True)
+    b = torch.randn(n_O, generator=g, requires_grad=True)
+    pad = "same" if padding == "SAME" else padding
+    dz = torch.randn_like(F.conv2d(x, w, b, padding=pad))
+
+    def fwd(n):
+        with torch.no_grad():
+            for _ in range(n):
+                F.conv2d(x, w, b, padding=pad)
+
+    def fwd_bwd(n):
+        for _ in range(n):
+            torch.autograd.grad(F.conv2d(x, w, b, padding=pad), (x, w, b), dz)
+
+    return {("PyTorch", "fwd"): fwd, ("PyTorch", "fwd+bwd"): fwd_bwd}
+
+
+def measure(args):
+    rows = []
+    for layer, x_shape, w_shape, padding in layers(args.batch, args.quick):
+        runs = jax_contenders(x_shape, w_shape, padding)
+        if not args.no_torch and importlib.util.find_spec("torch"):
+            runs.update(torch_contenders(x_shape, w_shape, padding))
+        for run in runs.values():
+            run(1)  # compile
+            run(args.warmup)
+        times = {key: [] for key in runs}
+        for _ in range(args.rounds):
+            for key, run in runs.items():
+                start = time.perf_counter()
+                run(args.steps)
+                times[key].append((time.perf_counter() - start) / args.steps)
+        for (name, direction), ts in times.items():
+            ms = float(np.median(ts)) * 1e3
+            lax_ms = float(np.median(times[("lax", direction)])) * 1e3
+            rows.append(
+                {"layer": layer, "x": str(x_shape), "w": str(w_shape), "impl": name, "pass": direction, "ms": ms, "vs_lax": ms / lax_ms}
+            )
+        print(f"{layer} done", flush=True)
+    return rows
+
+
+def format_table(rows):
+    lines = [f"| {'layer':8s} | {'impl':22s} | pass    |      ms | time / lax |", f"|{'-' * 10}|{'-' * 24}|---------|--------:|-----------:|"]
+    for r in rows:
+        lines.append(f"| {r['layer']:8s} | {r['impl']:22s} | {r['pass']:7s} | {r['ms']:7.2f} | {r['vs_lax']:9.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128, help="m for LeNet's two layers (the wide layer uses 64)")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds; medians reported")
+    parser.add_argument("--steps", type=int, default=5, help="calls per contender per round")
+    parser.add_argument("--warmup", type=int, default=2, help="calls after compiling, before timing")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds, for tests")
+    parser.add_argument("--out", default="results/bench_conv", help="folder for bench_conv.csv/.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.rounds, args.steps, args.warmup = 2, 2, 1, 1
+    rows = measure(args)
+    table = format_table(rows)
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_conv.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(args.out, "bench_conv.json"), "w") as f:
+        json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

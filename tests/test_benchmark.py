@@ -1,0 +1,71 @@
+"""The benchmark scripts run end to end (--quick) and report sane numbers. No timing assertions."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, out, *extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", script), "--quick", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_lenet5_flops_by_hand():
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    # forward 235,200 + 480,000 + 117,840; backward 235,200 (conv1 dW only) + 960,000 + 235,680
+    assert benchmark.lenet5_flops() == 2_263_920
+
+
+def test_benchmark_quick(tmp_path):
+    stdout = _run("benchmark.py", tmp_path, "--no-peers", "--devices", "2")
+    assert "Machine: " in stdout and "cores" in stdout
+    data = json.loads((tmp_path / "benchmark.json").read_text())
+    names = [r["name"] for r in data["rows"]]
+    for name in ("jaxconv default", "jaxconv impl=lax", "jaxconv impl=hand", "jaxconv impl=hand_autodiff", "plain JAX (lax conv)"):
+        assert name in names
+        assert name in stdout
+    assert data["flops_per_image"] == 2_263_920
+    assert data["peak_gflop_per_s"]["numpy"] > 0 and data["peak_gflop_per_s"]["xla"] > 0
+    for r in data["rows"]:
+        assert r["batch"] == 16
+        assert r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])
+        assert r["ms_per_step"] == pytest.approx(1e3 * 16 / r["images_per_s"])
+        assert r["min_ms"] <= r["ms_per_step"] <= r["max_ms"]
+        assert r["compile_s"] > 0
+        assert 0 < r["fraction_of_peak"] < 1  # a LeNet step cannot beat the matmul peak
+        assert r["vs_torch"] is None  # --no-peers
+    csv_lines = (tmp_path / "benchmark.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("name,batch,images_per_s") and len(csv_lines) == len(names) + 1
+
+
+def test_bench_conv_quick(tmp_path):
+    stdout = _run("bench_conv.py", tmp_path, "--no-torch")
+    data = json.loads((tmp_path / "bench_conv.json").read_text())
+    rows = data["rows"]
+    assert {r["layer"] for r in rows} == {"conv1", "conv2", "wide3x3"}
+    assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
+    impls = {r["impl"] for r in rows}
+    assert {"lax", "hand (rows)", "hand, im2col forced", "hand_autodiff"} <= impls
+    for r in rows:
+        assert r["ms"] > 0 and math.isfinite(r["ms"])
+        if r["impl"] == "lax":
+            assert r["vs_lax"] == pytest.approx(1.0)
+    assert "| conv2" in stdout

@@ -1,0 +1,221 @@
+"""The fast paths equal lax and a float64 numpy reference, in value and gradient.
+
+Covers the two hand-rolled convolution algorithms (rows: banded matrix along
+the width; im2col) called directly, impl="auto" and its choice per platform,
+the algorithm choice per layer, the tiled max pool (including the first-max
+tie policy), and the cpu_devices helper's errors.
+"""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from jaxconv import conv, pool
+from jaxconv._platform import cpu_devices
+from jaxconv.conv import conv2d, conv_geometry
+from jaxconv.pool import max_pool
+
+F64 = jnp.float64
+TOL = dict(rtol=1e-10, atol=1e-10)  # float64 throughout: only summation order differs
+
+
+def conv_reference(x, w, b, pads, s=(1, 1), d=(1, 1), groups=1):
+    """Direct float64 numpy cross-correlation, loops over taps (independent of jaxconv)."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    m, n_H, n_W, n_C = x.shape
+    f_H, f_W, n_Cg, n_O = w.shape
+    H = (n_H - d[0] * (f_H - 1) - 1) // s[0] + 1
+    W = (n_W - d[1] * (f_W - 1) - 1) // s[1] + 1
+    n_Og = n_O // groups
+    z = np.zeros((m, H, W, n_O))
+    for g in range(groups):
+        for i in range(f_H):
+            for j in range(f_W):
+                v = x[:, i * d[0] : i * d[0] + s[0] * (H - 1) + 1 : s[0], j * d[1] : j * d[1] + s[1] * (W - 1) + 1 : s[1]]
+                z[..., g * n_Og : (g + 1) * n_Og] += v[..., g * n_Cg : (g + 1) * n_Cg] @ w[i, j, :, g * n_Og : (g + 1) * n_Og]
+    return z if b is None else z + np.asarray(b)
+
+
+def directional_fd(f, args, index, eps=1e-6, n_probe=4, seed=0):
+    """Central differences of scalar f along n_probe random directions u of args[index]: (values, directions)."""
+    rng = np.random.default_rng(seed)
+    values, directions = [], []
+    for _ in range(n_probe):
+        u = rng.standard_normal(np.shape(args[index]))
+        plus, minus = list(args), list(args)
+        plus[index] = args[index] + eps * u
+        minus[index] = args[index] - eps * u
+        values.append((f(*plus) - f(*minus)) / (2 * eps))
+        directions.append(u)
+    return np.array(values), directions
+
+
+def _data(x_shape, w_shape, seed=0):
+    k = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(k[0], x_shape, F64)
+    w = jax.random.normal(k[1], w_shape, F64)
+    b = jax.random.normal(k[2], (w_shape[3],), F64)
+    return x, w, b
+
+
+# (x shape, w shape, conv2d keywords): LeNet's two layers, SAME padding, asymmetric padding
+# and non-square inputs, one channel, then layers only im2col handles (stride, dilation, groups).
+ROWS_CASES = [
+    ((2, 12, 12, 1), (5, 5, 1, 3), {}),  # conv1-like: one input channel
+    ((2, 14, 14, 6), (5, 5, 6, 16), {}),  # LeNet's conv2
+    ((2, 7, 9, 3), (3, 3, 3, 4), dict(padding="SAME")),
+    ((1, 6, 8, 2), (2, 3, 2, 5), dict(padding=((1, 0), (2, 1)))),
+]
+IM2COL_ONLY = [
+    ((2, 9, 9, 2), (3, 3, 2, 4), dict(stride=2, padding=1)),
+    ((2, 9, 11, 2), (3, 2, 2, 3), dict(dilation=(2, 1))),
+    ((2, 8, 8, 4), (3, 3, 2, 6), dict(groups=2, padding="SAME")),
+    ((1, 10, 10, 3), (3, 3, 1, 3), dict(groups=3, stride=(2, 1))),  # depthwise
+]
+
+
+def _algorithms(x_shape, w_shape, kw):
+    geom = conv_geometry(x_shape, w_shape, **kw)[:4]
+    pads = geom[0]
+    algos = {"im2col": lambda x, w, b: conv._hand(x, w, b, geom)}
+    if conv.hand_algorithm(x_shape, w_shape, geom) == "rows":
+        algos["rows"] = lambda x, w, b: conv._hand_rows(x, w, b, pads)
+    return geom, algos
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw", ROWS_CASES + IM2COL_ONLY)
+def test_hand_algorithms_match_numpy_and_lax(x_shape, w_shape, kw):
+    geom, algos = _algorithms(x_shape, w_shape, kw)
+    pads, s, d, groups = geom
+    x, w, b = _data(x_shape, w_shape)
+    ref = conv_reference(x, w, b, pads, s, d, groups)
+    z_lax = conv2d(x, w, b, impl="lax", **kw)
+    np.testing.assert_allclose(z_lax, ref, **TOL)
+    # A nonlinear loss so that dZ varies per output.
+    loss_lax = lambda x, w, b: jnp.sum(jnp.sin(conv2d(x, w, b, impl="lax", **kw)))
+    g_lax = jax.grad(loss_lax, (0, 1, 2))(x, w, b)
+    for name, fn in algos.items():
+        np.testing.assert_allclose(fn(x, w, b), ref, **TOL, err_msg=name)
+        g = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b))), (0, 1, 2))(x, w, b)
+        for got, want, arg in zip(g, g_lax, "xwb"):
+            np.testing.assert_allclose(got, want, **TOL, err_msg=f"{name} d{arg}")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw", ROWS_CASES[1:3])
+def test_rows_gradient_against_finite_differences(x_shape, w_shape, kw):
+    geom, algos = _algorithms(x_shape, w_shape, kw)
+    x, w, b = _data(x_shape, w_shape, seed=1)
+    loss = lambda x, w, b: float(np.sum(np.sin(conv_reference(x, w, b, geom[0]))))
+    grads = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(algos["rows"](x, w, b))), (0, 1, 2))(x, w, b)
+    for index in range(3):
+        numeric, directions = directional_fd(loss, (np.asarray(x), np.asarray(w), np.asarray(b)), index)
+        analytic = [float(np.sum(np.asarray(grads[index]) * u)) for u in directions]
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_hand_algorithm_choice_per_layer():
+    choose = lambda xs, ws, **kw: conv.hand_algorithm(xs, ws, conv_geometry(xs, ws, **kw)[:4])
+    assert choose((1, 32, 32, 1), (5, 5, 1, 6)) == "rows"  # LeNet conv1: band 6.4x the filter
+    assert choose((1, 14, 14, 6), (5, 5, 6, 16)) == "rows"  # LeNet conv2: 2.8x
+    assert choose((1, 32, 32, 64), (3, 3, 64, 64), padding="SAME") == "im2col"  # band 11x wider than the filter
+    assert choose((1, 14, 14, 6), (5, 5, 6, 16), stride=2) == "im2col"
+    assert choose((1, 14, 14, 6), (5, 5, 3, 16), groups=2) == "im2col"
+    assert choose((1, 14, 14, 6), (5, 5, 6, 16), dilation=2) == "im2col"
+
+
+def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
+    assert conv.resolve_impl("auto") == ("hand" if jax.default_backend() == "cpu" else "lax")
+    monkeypatch.setattr(conv.jax, "default_backend", lambda: "gpu")
+    assert conv.resolve_impl("auto") == "lax"
+    monkeypatch.setattr(conv.jax, "default_backend", lambda: "cpu")
+    assert conv.resolve_impl("auto") == "hand"
+    assert conv.resolve_impl("lax") == "lax"
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw", [ROWS_CASES[1], IM2COL_ONLY[2]])
+def test_auto_matches_numpy_in_value_and_gradient(x_shape, w_shape, kw):
+    x, w, b = _data(x_shape, w_shape, seed=2)
+    pads, s, d, groups = conv_geometry(x_shape, w_shape, **kw)[:4]
+    np.testing.assert_allclose(conv2d(x, w, b, **kw), conv_reference(x, w, b, pads, s, d, groups), **TOL)
+    g_auto = jax.grad(lambda w: jnp.sum(conv2d(x, w, b, **kw) ** 2))(w)
+    g_lax = jax.grad(lambda w: jnp.sum(conv2d(x, w, b, impl="lax", **kw) ** 2))(w)
+    np.testing.assert_allclose(g_auto, g_lax, **TOL)
+
+
+def test_float32_fast_paths_stay_float32():
+    x, w, b = (a.astype(jnp.float32) for a in _data((2, 14, 14, 6), (5, 5, 6, 16)))
+    z = conv2d(x, w, b, impl="hand")
+    g = jax.grad(lambda w: conv2d(x, w, b, impl="hand").sum())(w)
+    y = max_pool(z)
+    assert z.dtype == g.dtype == y.dtype == jnp.float32
+    np.testing.assert_allclose(z, conv2d(x, w, b, impl="lax"), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Tiled max pool.
+# ---------------------------------------------------------------------------
+
+
+def max_pool_reference(x, f):
+    """float64 numpy max pool (stride = window) and its gradient for upstream dy (first maximum wins)."""
+    x = np.asarray(x, np.float64)
+    m, n_H, n_W, n_C = x.shape
+    H, W = n_H // f[0], n_W // f[1]
+    y = np.zeros((m, H, W, n_C))
+    first = np.zeros(x.shape, bool)
+    for a in range(m):
+        for h in range(H):
+            for w in range(W):
+                for c in range(n_C):
+                    win = x[a, h * f[0] : (h + 1) * f[0], w * f[1] : (w + 1) * f[1], c]
+                    y[a, h, w, c] = win.max()
+                    i, j = np.unravel_index(np.argmax(win), win.shape)  # argmax: first max, row-major
+                    first[a, h * f[0] + i, w * f[1] + j, c] = True
+    return y, first
+
+
+@pytest.mark.parametrize("x_shape,f", [((2, 6, 8, 3), (2, 2)), ((1, 6, 6, 2), (3, 3)), ((2, 4, 6, 1), (2, 3))])
+def test_tiled_max_pool_matches_numpy_and_reduce_window(x_shape, f):
+    # Few distinct values, so most windows have ties.
+    x = jax.random.randint(jax.random.key(3), x_shape, 0, 3).astype(F64)
+    dy = jax.random.normal(jax.random.key(4), (x_shape[0], x_shape[1] // f[0], x_shape[2] // f[1], x_shape[3]), F64)
+    assert pool.tiles_exactly(x_shape, f, f, ((0, 0), (0, 0)))
+    y_ref, first = max_pool_reference(x, f)
+    y, vjp = jax.vjp(lambda x: max_pool(x, f), x)
+    np.testing.assert_array_equal(y, y_ref)
+    dx = vjp(dy)[0]
+    dy_up = np.repeat(np.repeat(np.asarray(dy), f[0], 1), f[1], 2)
+    np.testing.assert_array_equal(dx, np.where(first, dy_up, 0.0))
+    # reduce_window (the general path) gives the same gradient.
+    y_rw, vjp_rw = jax.vjp(lambda x: pool._reduce(x, -jnp.inf, jax.lax.max, f, f, ((0, 0), (0, 0))), x)
+    np.testing.assert_array_equal(y_rw, y)
+    np.testing.assert_array_equal(vjp_rw(dy)[0], dx)
+
+
+def test_tiled_max_pool_hand_computed_ties():
+    x = jnp.array([[1.0, 3, 3, 1], [2, 3, 1, 1], [1, 3, 2, 3], [5, 6, 1, 2]], F64)[None, :, :, None]
+    dx = jax.grad(lambda x: jnp.sum(max_pool(x) * jnp.array([[1.0, 2], [3, 4]])[None, :, :, None]))(x)
+    # window (0,0): 3 at (0,1) and (1,1) -> first is (0,1); window (0,1): 3 at (0,2) only;
+    # window (1,0): 6 at (3,1); window (1,1): 3 at (2,3).
+    want = [[0, 1, 2, 0], [0, 0, 0, 0], [0, 0, 0, 4], [0, 3, 0, 0]]
+    np.testing.assert_array_equal(dx[0, ..., 0], np.array(want, np.float64))
+
+
+def test_pool_uses_the_tiled_path_only_when_windows_tile():
+    assert pool.tiles_exactly((1, 28, 28, 6), (2, 2), (2, 2), ((0, 0), (0, 0)))
+    assert not pool.tiles_exactly((1, 27, 28, 6), (2, 2), (2, 2), ((0, 0), (0, 0)))  # not divisible
+    assert not pool.tiles_exactly((1, 28, 28, 6), (2, 2), (1, 1), ((0, 0), (0, 0)))  # overlapping
+    assert not pool.tiles_exactly((1, 28, 28, 6), (2, 2), (2, 2), ((1, 1), (0, 0)))  # padded
+
+
+def test_cpu_devices_errors():
+    with pytest.raises(ValueError, match=r"cpu_devices: `n` must be an int >= 1 \(CPU devices to create\), got 0"):
+        cpu_devices(0)
+    jax.devices()  # make sure the backend has started
+    have = len(jax.devices("cpu"))
+    assert cpu_devices(have) == have  # the count JAX already has: a no-op
+    with pytest.raises(RuntimeError, match=rf"JAX has already started with {have} CPU device\(s\), so it cannot switch to n={have + 1}"):
+        cpu_devices(have + 1)
