@@ -18,10 +18,11 @@ two algorithms, each a forward with its hand-derived backward right below it:
   the arithmetic of im2col but in one well-shaped matmul, with a cheap
   gather, which on CPU is what counts for narrow layers (LeNet).
 
-impl="hand" picks between them per layer (`hand_algorithm`); impl="auto"
-(the default) is lax on GPU/TPU, where cuDNN-like libraries win, and "hand"
-on CPU, where XLA's convolution runs on one core and is slower
-(experiments/bench_conv.py measures both).
+impl="hand" picks between them per layer (`hand_algorithm`). impl="auto"
+(the default) is lax on GPU/TPU, where cuDNN-like libraries win; on CPU it is
+"hand" where the rows algorithm applies (XLA's convolution runs on one core and
+is 2-6x slower there) and lax elsewhere, where lax beats im2col
+(experiments/bench_conv.py measures all of them).
 """
 
 from __future__ import annotations
@@ -327,17 +328,23 @@ def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1
     return pads, s, d, groups, (m, *n_out, n_C_out)
 
 
-def resolve_impl(impl: str) -> str:
-    """The implementation impl="auto" stands for on the default backend: "hand" on CPU, "lax" elsewhere.
+def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
+    """The implementation impl="auto" stands for: "lax" on GPU/TPU; on CPU "hand" where its rows algorithm applies, else "lax".
 
-    Read at trace time (`jax.default_backend()`), so a step compiled for GPU or
-    TPU uses lax's convolution (cuDNN and friends are fastest there) and one
-    compiled for CPU the hand-rolled matmul-based convolution, which on CPU is
-    faster than XLA's single-threaded convolution (experiments/bench_conv.py).
+    Read at trace time (`jax.default_backend()`). On GPU and TPU lax's
+    convolution (cuDNN and friends) is fastest. On CPU, XLA's convolution runs
+    on one core and the hand-rolled rows algorithm is 2-6x faster forward+backward
+    on narrow layers like LeNet's; on wide layers (64 channels, 3x3) lax beats
+    the hand-rolled im2col, so "auto" keeps lax there (experiments/bench_conv.py).
+    Without shapes, "auto" on CPU means "hand".
     """
     if impl != "auto":
         return impl
-    return "hand" if jax.default_backend() == "cpu" else "lax"
+    if jax.default_backend() != "cpu":
+        return "lax"
+    if geom is not None and hand_algorithm(x_shape, w_shape, geom) != "rows":
+        return "lax"
+    return "hand"
 
 
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="auto"):
@@ -352,7 +359,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
         (output ⌈n/s⌉; an odd total puts the extra row/column at the bottom/right).
       dilation: d, an int or (d_H, d_W): filter taps d pixels apart.
       groups: split the channels into this many independent convolutions.
-      impl: "auto" (default: "hand" on CPU, "lax" on GPU/TPU; see `resolve_impl`),
+      impl: "auto" (default: on CPU "hand" for narrow layers where its rows
+        algorithm applies and "lax" otherwise, "lax" on GPU/TPU; see `resolve_impl`),
         "lax" (lax.conv_general_dilated), "hand" (hand-rolled forward and
         hand-derived backward; the algorithm, rows or im2col, is chosen per layer
         by `hand_algorithm`) or "hand_autodiff" (hand-rolled im2col forward, JAX
@@ -381,7 +389,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
     if x.dtype != w.dtype:
         raise TypeError(f"conv2d: `x` ({x.dtype}) and `w` ({w.dtype}) must have the same dtype; cast one with .astype().")
     geom = (pads, s, d, groups)
-    impl = resolve_impl(impl)
+    impl = resolve_impl(impl, x.shape, w_shape, geom)
     if impl == "lax":
         z = lax.conv_general_dilated(
             x, w, window_strides=s, padding=pads, rhs_dilation=d, dimension_numbers=LAYOUT, feature_group_count=groups

@@ -133,6 +133,9 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     monkeypatch.setattr(conv.jax, "default_backend", lambda: "cpu")
     assert conv.resolve_impl("auto") == "hand"
     assert conv.resolve_impl("lax") == "lax"
+    narrow, wide = ((1, 14, 14, 6), (5, 5, 6, 16), {}), ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME"})
+    for (xs, ws, kw), want in ((narrow, "hand"), (wide, "lax")):  # rows applies / im2col would be slower than lax
+        assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want
 
 
 @pytest.mark.parametrize("x_shape,w_shape,kw", [ROWS_CASES[1], IM2COL_ONLY[2]])
