@@ -8,6 +8,7 @@ Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 
 from jaxconv import checkpoint, data, initializers, models, parallel, train
 from jaxconv._args import LAYOUT, conv_output_size
+from jaxconv._platform import cpu_devices
 from jaxconv.conv import conv2d
 from jaxconv.layers import (
     AvgPool,
@@ -62,6 +63,7 @@ __all__ = [
     "conv2d",
     "conv_output_size",
     "cost",
+    "cpu_devices",
     "data",
     "count_params",
     "dense",

@@ -53,10 +53,12 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_train(args) -> int:
-    from jaxconv import parallel
+    from jaxconv import cpu_devices, parallel
     from jaxconv.trainer import NonFiniteLoss, TrainConfig, fit
 
-    try:  # before anything touches a device: joins a multi-process run if one is asked for
+    try:  # before anything touches a device
+        if args.cpu_devices:
+            cpu_devices(args.cpu_devices)  # one CPU device per core: single-threaded XLA loops run side by side
         parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     except (ValueError, RuntimeError) as e:
         print(f"jaxconv train: error: {e}", file=sys.stderr)
@@ -142,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                    help="split each batch over N devices (default: all devices of all processes); "
                         "--batch-size must be a multiple of N")
+    g.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
+                   help="on CPU, expose N devices (e.g. one per core) so the batch is split over them; pays off at "
+                        "large batches (about 1.5x at --batch-size 512 on 2 cores, nothing at 128)")
     g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="address of process 0 for a multi-process run (env JAXCONV_COORDINATOR; 'auto' on "
                         "TPU pods, Slurm, Open MPI)")

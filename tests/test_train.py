@@ -237,6 +237,16 @@ def test_cli_bad_values_exit_2_without_traceback(tmp_path, args, message):
     assert "Traceback" not in run.stderr
 
 
+def test_cli_cpu_devices_splits_each_batch(tmp_path):
+    out = tmp_path / "two"
+    run = _jaxconv("train", "--cpu-devices", "2", "--limit", "64", "--epochs", "1", "--batch-size", "32",
+                   "--impl", "lax", "--no-progress", "--out", str(out), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "data-parallel over 2 devices in 1 process(es)" in run.stdout
+    odd = _jaxconv("train", "--cpu-devices", "2", "--batch-size", "31", "--limit", "64", "--out", str(out), cwd=tmp_path)
+    assert odd.returncode == 2 and "multiple of the number of devices (=2)" in odd.stderr and "Traceback" not in odd.stderr
+
+
 def test_cli_summary_prints_the_lenet_table(tmp_path):
     run = _jaxconv("summary", "lenet5", cwd=tmp_path)
     assert run.returncode == 0
