@@ -78,6 +78,8 @@ def cmd_train(args) -> int:
     except NonFiniteLoss as e:
         print(f"jaxconv train: {e}", file=sys.stderr)
         return 1
+    if not parallel.is_primary():  # process 0 reports for the run
+        return 0
     print(
         f"best test accuracy {result['best_test_accuracy']:.4f} (final {result['final_test_accuracy']:.4f}) "
         f"in {result['wall_s']:.1f} s, {result['images_per_s']:,.0f} images/s"

@@ -247,6 +247,47 @@ def test_cli_cpu_devices_splits_each_batch(tmp_path):
     assert odd.returncode == 2 and "multiple of the number of devices (=2)" in odd.stderr and "Traceback" not in odd.stderr
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # three JAX processes, ~30-70 s; the mechanism is covered by tests/test_parallel.py
+def test_cli_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
+    """jaxconv train across 2 processes x 2 CPU devices (gloo on loopback) = 1 process x 4 devices."""
+    common = ["train", "--limit", "64", "--epochs", "1", "--batch-size", "32", "--impl", "lax", "--no-progress"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxconv.cli", *common, "--out", str(tmp_path / "multi"), "--coordinator",
+             coordinator, "--num-processes", "2", "--process-id", str(i)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "data-parallel over 4 devices in 2 process(es)" in outputs[0][0]
+    assert "best test accuracy" in outputs[0][0] and "best test accuracy" not in outputs[1][0]  # process 0 reports
+    single = subprocess.run(
+        [sys.executable, "-m", "jaxconv.cli", *common, "--out", str(tmp_path / "single"), "--cpu-devices", "4"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    assert single.returncode == 0, single.stderr
+    a, b = _params(str(tmp_path / "multi")), _params(str(tmp_path / "single"))
+    assert a.keys() == b.keys() and len(a) == 10
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_cli_summary_prints_the_lenet_table(tmp_path):
     run = _jaxconv("summary", "lenet5", cwd=tmp_path)
     assert run.returncode == 0
