@@ -116,6 +116,50 @@ def test_rows_gradient_against_finite_differences(x_shape, w_shape, kw):
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-6)
 
 
+# Block-banded rows: (x shape, w shape, conv2d keywords, B). B = 4 divides conv1's 28 output columns;
+# B = 3 does not (the last block is zero-padded on the right); B = 1 is one column per block.
+BLOCK_CASES = [
+    ((2, 32, 32, 1), (5, 5, 1, 3), {}, 4),
+    ((2, 14, 14, 6), (5, 5, 6, 4), {}, 3),
+    ((1, 6, 8, 2), (2, 3, 2, 5), dict(padding=((1, 0), (2, 1))), 1),
+    ((2, 7, 9, 3), (3, 3, 3, 4), dict(padding="SAME"), 2),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,B", BLOCK_CASES)
+def test_block_banded_rows_match_numpy_lax_and_finite_differences(x_shape, w_shape, kw, B):
+    pads = conv_geometry(x_shape, w_shape, **kw)[0]
+    x, w, b = _data(x_shape, w_shape, seed=5)
+    blocked = lambda x, w, b: conv._hand_rows(x, w, b, pads, B)
+    np.testing.assert_allclose(blocked(x, w, b), conv_reference(x, w, b, pads), **TOL)
+    loss = lambda fn: (lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b))))
+    g = jax.grad(loss(blocked), (0, 1, 2))(x, w, b)
+    g_lax = jax.grad(loss(lambda x, w, b: conv2d(x, w, b, impl="lax", **kw)), (0, 1, 2))(x, w, b)
+    for got, want, arg in zip(g, g_lax, "xwb"):
+        np.testing.assert_allclose(got, want, **TOL, err_msg=f"B={B} d{arg}")
+    loss_np = lambda x, w, b: float(np.sum(np.sin(conv_reference(x, w, b, pads))))
+    for index in range(3):
+        numeric, directions = directional_fd(loss_np, (np.asarray(x), np.asarray(w), np.asarray(b)), index, n_probe=2)
+        analytic = [float(np.sum(np.asarray(g[index]) * u)) for u in directions]
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_rows_block_choice():
+    full = ((0, 0), (0, 0))
+    # LeNet conv1: the full band is 32/5 = 6.4x the direct FLOPs -> blocks of f_W - 1 = 4 (8/5 = 1.6x)
+    # while m·n_H' <= ROWS_BLOCK_MAX_M (batch 128: 3584 rows), one block beyond (batch 512: 14336).
+    assert conv.rows_block((128, 32, 32, 1), (5, 5, 1, 6), full) == 4
+    assert conv.rows_block((-1, 32, 32, 1), (5, 5, 1, 6), full) == 4  # shape-only init
+    assert conv.rows_block((512, 32, 32, 1), (5, 5, 1, 6), full) == 28
+    assert conv.rows_block((128, 14, 14, 6), (5, 5, 6, 16), full) == 10  # conv2: 2.8x, one block
+    # impl="hand" uses the blocked form for a conv1-like layer at batch 2, and it equals lax.
+    assert conv.rows_block((2, 32, 32, 1), (5, 5, 1, 3), full) == 4
+    x, w, b = _data((2, 32, 32, 1), (5, 5, 1, 3), seed=6)
+    g = jax.grad(lambda w: jnp.sum(conv2d(x, w, b, impl="hand") ** 2))(w)
+    g_lax = jax.grad(lambda w: jnp.sum(conv2d(x, w, b, impl="lax") ** 2))(w)
+    np.testing.assert_allclose(g, g_lax, **TOL)
+
+
 def test_hand_algorithm_choice_per_layer():
     choose = lambda xs, ws, **kw: conv.hand_algorithm(xs, ws, conv_geometry(xs, ws, **kw)[:4])
     assert choose((1, 32, 32, 1), (5, 5, 1, 6)) == "rows"  # LeNet conv1: band 6.4x the filter
