@@ -13,7 +13,8 @@ Also measured in the same run: the first-step compile time (trace + compile +
 one step), the machine's float32 matmul peak (numpy's BLAS and XLA's dot), the
 model FLOPs per image and the fraction of peak each contender reaches, and the
 default step on all CPU devices with the batch sharded over a mesh axis "data"
-(params replicated). Prints a table headed by the machine and writes
+(params replicated), and the default step with the gradient accumulated over
+chunks of --chunk images for batches above it. Prints a table headed by the machine and writes
 benchmark.csv and benchmark.json to --out.
 """
 
@@ -125,6 +126,53 @@ def jaxconv_step(x, y, impl=None, sharded=False):
         jax.block_until_ready((p, metrics))
         state[:] = [p, s]
 
+    run.state = state  # [params, opt_state], for tests
+    return run
+
+
+def jaxconv_chunked_step(x, y, chunk):
+    """The default jaxconv LeNet-5 step with the gradient accumulated over chunks of `chunk` images (lax.scan).
+
+    Same update as `jaxconv_step` (J is the batch mean = the mean of the chunk means, chunks of equal
+    size); only the schedule changes: each chunk's forward and backward runs while its activations
+    are still in cache. What `make_train_step` would do with a chunk option.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax import lax
+
+    from jaxconv.models import lenet5
+    from jaxconv.train import make_cost
+
+    model = lenet5()
+    _, params = model.init(jax.random.key(0), (-1, 32, 32, 1))
+    optimizer = optax.adam(1e-3)
+    J = make_cost(model.apply)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        n = x.shape[0] // chunk
+        xs, ys = x.reshape(n, chunk, *x.shape[1:]), y.reshape(n, chunk, *y.shape[1:])
+
+        def body(total, xy):
+            (value, _), grads = jax.value_and_grad(J, has_aux=True)(params, *xy)
+            return jax.tree.map(jnp.add, total, grads), value
+
+        grads, values = lax.scan(body, jax.tree.map(jnp.zeros_like, params), (xs, ys))
+        updates, opt_state = optimizer.update(jax.tree.map(lambda g: g / n, grads), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, values.mean()
+
+    state = [params, optimizer.init(params)]
+
+    def run(n):
+        p, s = state
+        for _ in range(n):
+            p, s, value = step(p, s, x, y)
+        jax.block_until_ready((p, value))
+        state[:] = [p, s]
+
+    run.state = state  # [params, opt_state], for tests
     return run
 
 
@@ -319,6 +367,8 @@ def contenders(batch, args, n_devices):
         ("jaxconv impl=hand_autodiff", lambda x, y: jaxconv_step(x, y, "hand_autodiff")),
         ("plain JAX (lax conv)", plain_jax_step),
     ]
+    if batch > args.chunk and batch % args.chunk == 0:
+        out.append((f"jaxconv default, chunks of {args.chunk}", lambda x, y: jaxconv_chunked_step(x, y, args.chunk)))
     if n_devices > 1 and batch % n_devices == 0:
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_step(x, y, sharded=True)))
     if not args.no_peers:
@@ -398,6 +448,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="training steps per contender per round")
     parser.add_argument("--warmup", type=int, default=5, help="steps run after the first, before timing")
     parser.add_argument("--devices", type=int, default=os.cpu_count(), help="CPU devices for the sharded contender (1: none)")
+    parser.add_argument("--chunk", type=int, default=128, help="images per chunk for the chunked-gradient contender (batches above it)")
     parser.add_argument("--no-peers", action="store_true", help="skip Flax, Equinox and PyTorch")
     parser.add_argument("--quick", action="store_true", help="tiny run for tests: batch 16, 2 rounds of 2 steps")
     parser.add_argument("--out", default="results/benchmark", help="folder for benchmark.csv and benchmark.json")

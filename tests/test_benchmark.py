@@ -34,12 +34,32 @@ def test_lenet5_flops_by_hand():
     assert benchmark.lenet5_flops() == 2_263_920
 
 
+def test_chunked_step_equals_the_default_step():
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((16, 32, 32, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 16).astype(np.int32))
+    whole, chunked = benchmark.jaxconv_step(x, y), benchmark.jaxconv_chunked_step(x, y, 4)
+    whole(2), chunked(2)  # two Adam steps: same params up to float32 summation order
+    for a, b in zip(jax.tree.leaves(whole.state[0]), jax.tree.leaves(chunked.state[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_benchmark_quick(tmp_path):
-    stdout = _run("benchmark.py", tmp_path, "--no-peers", "--devices", "2")
+    stdout = _run("benchmark.py", tmp_path, "--no-peers", "--devices", "2", "--chunk", "8")
     assert "Machine: " in stdout and "cores" in stdout
     data = json.loads((tmp_path / "benchmark.json").read_text())
     names = [r["name"] for r in data["rows"]]
-    for name in ("jaxconv default", "jaxconv impl=lax", "jaxconv impl=hand", "jaxconv impl=hand_autodiff", "plain JAX (lax conv)"):
+    for name in ("jaxconv default", "jaxconv impl=lax", "jaxconv impl=hand", "jaxconv impl=hand_autodiff", "plain JAX (lax conv)",
+                 "jaxconv default, chunks of 8"):
         assert name in names
         assert name in stdout
     assert data["flops_per_image"] == 2_263_920
