@@ -354,7 +354,8 @@ def make_parallel_train_step(
     J = (1/m) Σᵢ L⁽ⁱ⁾, and the all-reduce XLA inserts sums them: the update
     equals the one-device update on the whole batch, up to float rounding.
     """
-    step = make_train_step(apply, optimizer, loss, ensemble=ensemble, jit=False)
+    # No chunking: each device's share of the batch is already small.
+    step = make_train_step(apply, optimizer, loss, ensemble=ensemble, chunk_size=None, jit=False)
     data, whole = batch_sharding(mesh), replicated_sharding(mesh)
     return jax.jit(
         step,

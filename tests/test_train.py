@@ -63,6 +63,30 @@ def test_step_metrics_are_the_cost_and_accuracy_before_the_update(batch, lenet):
     np.testing.assert_allclose(new_params["fc5"]["w"], params["fc5"]["w"] - 0.1 * grads["fc5"]["w"], rtol=1e-5, atol=1e-6)
 
 
+def test_chunked_step_gives_the_one_shot_update_and_metrics(batch, lenet):
+    net, params = lenet
+    x, y = batch  # 16 examples in 4 chunks of 4
+    optimizer = optax.sgd(0.1)
+    one_shot = make_train_step(net.apply, optimizer, chunk_size=None, donate=False)
+    chunked = make_train_step(net.apply, optimizer, chunk_size=4, donate=False)
+    p1, _, m1 = one_shot(params, optimizer.init(params), x, y)
+    p4, _, m4 = chunked(params, optimizer.init(params), x, y)
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p4)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+    assert float(m1["accuracy"]) == float(m4["accuracy"])
+
+
+def test_num_chunks():
+    from jaxconv.train import num_chunks
+
+    assert num_chunks(512, 128) == 4
+    assert num_chunks(128, 128) == 1  # not above the chunk size
+    assert num_chunks(500, 128) == 1  # chunks must be equal for J to stay the batch mean
+    assert num_chunks(512, None) == 1
+    assert num_chunks(512, "auto") == (4 if jax.default_backend() == "cpu" else 1)
+
+
 def test_per_example_grads_average_to_the_batch_gradient(batch, lenet):
     net, params = lenet
     x, y = batch
