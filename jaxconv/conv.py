@@ -139,6 +139,10 @@ def _hand_bwd(geom, res, dZ):
       dX_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c] += dP[m, h, w, (i, j, c)]  (col2im: every patch entry
                        adds back to the pixel it was copied from), dX = crop of dX_pad to the padding.
                        Rows the forward never read (the floor in the size formula) get zero gradient.
+      Gathered per input pixel, the col2im sum is the textbook form
+      dX_pad = pad(dilate_s(dZ), d(f − 1)) ⋆_d rot180(W)ᵀ: dZ dilated by the stride (s − 1 zeros
+      between entries), fully correlated with the flipped filter whose in/out channels are swapped.
+      Scattering (col2im) computes the same sums without multiplying the inserted zeros.
 
     With groups G every sum over c and o stays inside its group.
     """
