@@ -98,6 +98,23 @@ def _timed(fn) -> float:
 # ---------------------------------------------------------------------------
 
 
+def _runner(step, params, opt_state, x, y):
+    """run(n): n training steps of `step` on (x, y), waiting for the result; run.state = [params, opt_state]."""
+    import jax
+
+    state = [params, opt_state]
+
+    def run(n):
+        p, s = state
+        for _ in range(n):
+            p, s, out = step(p, s, x, y)
+        jax.block_until_ready((p, out))
+        state[:] = [p, s]
+
+    run.state = state  # for tests
+    return run
+
+
 def jaxconv_step(x, y, impl=None, sharded=False):
     import jax
     import optax
@@ -117,17 +134,7 @@ def jaxconv_step(x, y, impl=None, sharded=False):
         replicated, batch = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
         params, opt_state = jax.device_put((params, opt_state), replicated)
         x, y = jax.device_put(x, batch), jax.device_put(y, batch)
-    state = [params, opt_state]
-
-    def run(n):
-        p, s = state
-        for _ in range(n):
-            p, s, metrics = step(p, s, x, y)
-        jax.block_until_ready((p, metrics))
-        state[:] = [p, s]
-
-    run.state = state  # [params, opt_state], for tests
-    return run
+    return _runner(step, params, opt_state, x, y)
 
 
 def jaxconv_chunked_step(x, y, chunk):
@@ -163,17 +170,7 @@ def jaxconv_chunked_step(x, y, chunk):
         updates, opt_state = optimizer.update(jax.tree.map(lambda g: g / n, grads), opt_state, params)
         return optax.apply_updates(params, updates), opt_state, values.mean()
 
-    state = [params, optimizer.init(params)]
-
-    def run(n):
-        p, s = state
-        for _ in range(n):
-            p, s, value = step(p, s, x, y)
-        jax.block_until_ready((p, value))
-        state[:] = [p, s]
-
-    run.state = state  # [params, opt_state], for tests
-    return run
+    return _runner(step, params, optimizer.init(params), x, y)
 
 
 def plain_jax_step(x, y):
@@ -214,16 +211,7 @@ def plain_jax_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    state = [params, optimizer.init(params)]
-
-    def run(n):
-        p, s = state
-        for _ in range(n):
-            p, s, value = step(p, s, x, y)
-        jax.block_until_ready((p, value))
-        state[:] = [p, s]
-
-    return run
+    return _runner(step, params, optimizer.init(params), x, y)
 
 
 def flax_step(x, y):
@@ -254,16 +242,7 @@ def flax_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    state = [params, optimizer.init(params)]
-
-    def run(n):
-        p, s = state
-        for _ in range(n):
-            p, s, value = step(p, s, x, y)
-        jax.block_until_ready((p, value))
-        state[:] = [p, s]
-
-    return run
+    return _runner(step, params, optimizer.init(params), x, y)
 
 
 def equinox_step(x, y):
@@ -304,16 +283,7 @@ def equinox_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, value
 
-    state = [model, optimizer.init(eqx.filter(model, eqx.is_array))]
-
-    def run(n):
-        m, s = state
-        for _ in range(n):
-            m, s, value = step(m, s, x_chw, y)
-        jax.block_until_ready((eqx.filter(m, eqx.is_array), value))
-        state[:] = [m, s]
-
-    return run
+    return _runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), x, y)
 
 
 def torch_step(x, y):
