@@ -16,13 +16,15 @@ block_until_ready, medians; the ratio column is time / lax's time.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
-import json
 import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
 
 
 def layers(batch: int, quick: bool):
@@ -147,12 +149,8 @@ def main(argv=None):
     table = format_table(rows)
     print(table)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_conv.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(args.out, "bench_conv.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    _common.write_csv(os.path.join(args.out, "bench_conv.csv"), list(rows[0]), [list(r.values()) for r in rows])
+    _common.write_json(os.path.join(args.out, "bench_conv.json"), {"args": vars(args), "rows": rows})
     return rows
 
 

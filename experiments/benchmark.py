@@ -21,12 +21,13 @@ benchmark.csv and benchmark.json to --out.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import platform
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
 
 # One CPU device per core, before JAX starts (for the sharded contender).
 from jaxconv._platform import cpu_devices
@@ -445,16 +446,11 @@ def main(argv=None):
     table = format_table(rows, machine, peak, FLOPS_PER_IMAGE)
     print(table)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "benchmark.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(args.out, "benchmark.json"), "w") as f:
-        json.dump(
-            {"machine": machine, "peak_gflop_per_s": peak, "flops_per_image": FLOPS_PER_IMAGE, "args": vars(args), "rows": rows},
-            f,
-            indent=2,
-        )
+    _common.write_csv(os.path.join(args.out, "benchmark.csv"), list(rows[0]), [list(r.values()) for r in rows])
+    _common.write_json(
+        os.path.join(args.out, "benchmark.json"),
+        {"machine": machine, "peak_gflop_per_s": peak, "flops_per_image": FLOPS_PER_IMAGE, "args": vars(args), "rows": rows},
+    )
     with open(os.path.join(args.out, "benchmark.md"), "w") as f:
         f.write(table + "\n")
     return rows
