@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxconv.nn import cost, softmax_cross_entropy
+from jaxconv.nn import accuracy, cost, softmax_cross_entropy
 
 
 def make_cost(apply: Callable, loss: Callable = softmax_cross_entropy) -> Callable:
@@ -31,11 +31,6 @@ def make_cost(apply: Callable, loss: Callable = softmax_cross_entropy) -> Callab
         return cost(loss(logits, y)), logits
 
     return J
-
-
-def _metrics(J, logits, y):
-    labels = y if jnp.issubdtype(y.dtype, jnp.integer) else y.argmax(-1)
-    return {"loss": J, "accuracy": (logits.argmax(-1) == labels).mean()}
 
 
 # On CPU a LeNet-sized step on 128 images keeps its activations in cache; a batch of
@@ -108,7 +103,7 @@ def make_train_step(
             value, logits = values.mean(), logits.reshape(x.shape[0], -1)  # (m, K)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, _metrics(value, logits, y)
+        return params, opt_state, {"loss": value, "accuracy": accuracy(logits, y)}
 
     if ensemble:
         step = jax.vmap(step, in_axes=(0, 0, None, None))
