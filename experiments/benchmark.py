@@ -262,9 +262,11 @@ def equinox_step(x, y):
 
         def __init__(self, key):
             k = jax.random.split(key, 5)
-            self.c1, self.c2 = eqx.nn.Conv2d(1, 6, 5, key=k[0]), eqx.nn.Conv2d(6, 16, 5, key=k[1])
+            f32 = {"dtype": jnp.float32}  # the benchmark's dtype, also when x64 is enabled
+            self.c1, self.c2 = eqx.nn.Conv2d(1, 6, 5, **f32, key=k[0]), eqx.nn.Conv2d(6, 16, 5, **f32, key=k[1])
             self.pool = eqx.nn.MaxPool2d(2, 2)
-            self.f3, self.f4, self.f5 = eqx.nn.Linear(400, 120, key=k[2]), eqx.nn.Linear(120, 84, key=k[3]), eqx.nn.Linear(84, 10, key=k[4])
+            self.f3 = eqx.nn.Linear(400, 120, **f32, key=k[2])
+            self.f4, self.f5 = eqx.nn.Linear(120, 84, **f32, key=k[3]), eqx.nn.Linear(84, 10, **f32, key=k[4])
 
         def __call__(self, h):  # one example, CHW (equinox's layout)
             h = self.pool(jax.nn.relu(self.c1(h)))
@@ -284,7 +286,7 @@ def equinox_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, value
 
-    return _runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), x, y)
+    return _runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), x_chw, y)
 
 
 def torch_step(x, y):
@@ -319,6 +321,7 @@ def torch_step(x, y):
             F.cross_entropy(model(xt), yt).backward()
             optimizer.step()
 
+    run.model = model  # for tests
     return run
 
 

@@ -89,3 +89,35 @@ def test_bench_conv_quick(tmp_path):
         if r["impl"] == "lax":
             assert r["vs_lax"] == pytest.approx(1.0)
     assert "| conv2" in stdout
+
+
+@pytest.mark.parametrize("peer", ["flax", "equinox", "torch"])
+def test_peer_contenders_train(peer):
+    """Each installed peer's LeNet-5 step runs on the benchmark's NHWC batch and changes its parameters."""
+    pytest.importorskip(peer)
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 32, 32, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 8).astype(np.int32)
+    if peer == "torch":
+        run = benchmark.torch_step(x, y)
+        before = [p.detach().clone().numpy() for p in run.model.parameters()]
+        run(2)
+        after = [p.detach().numpy() for p in run.model.parameters()]
+    else:
+        factory = benchmark.flax_step if peer == "flax" else benchmark.equinox_step
+        run = factory(jax.numpy.asarray(x), jax.numpy.asarray(y))
+        leaves = lambda tree: [np.asarray(a) for a in jax.tree.leaves(tree) if hasattr(a, "shape")]  # noqa: E731
+        before = leaves(run.state[0])
+        run(2)
+        after = leaves(run.state[0])
+    assert len(before) == len(after) == 10  # 5 layers x (weight, bias)
+    assert all(np.all(np.isfinite(a)) for a in after)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after))  # Adam moved every tensor
