@@ -4,9 +4,11 @@
     python experiments/bench_conv.py --quick --out /tmp/bench_conv     # seconds, for tests
 
 Layers (NHWC -> filters): LeNet's conv1 (m, 32, 32, 1) -> 6 @ 5x5, LeNet's conv2
-(m, 14, 14, 6) -> 16 @ 5x5, and a wide (64, 32, 32, 64) -> 64 @ 3x3 SAME layer.
+(m, 14, 14, 6) -> 16 @ 5x5, and a wide (64, 32, 32, 64) -> 64 @ 3x3 SAME layer;
+with --more also the layers behind impl="auto"'s choice between taps and lax
+(3x3 layers from 3 to 128 channels on 32x32 down to 8x8, a 1x1 and a 5x5 layer).
 Contenders: impl="lax", impl="hand" (the algorithm `hand_algorithm` picks for
-the layer), each hand-rolled algorithm forced (rows where it applies, im2col),
+the layer), each other hand-rolled algorithm that applies, forced (rows, taps, im2col),
 impl="hand_autodiff", and PyTorch's conv2d (NCHW, eager) when installed.
 fwd+bwd is the forward plus the gradient with respect to x, w and b for a
 fixed random upstream gradient. Interleaved rounds, warm-up excluded,
@@ -27,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 
-def layers(batch: int, quick: bool):
+def layers(batch: int, quick: bool, more: bool = False):
     """(name, x shape, w shape, padding)."""
     if quick:
         return [
@@ -35,11 +37,21 @@ def layers(batch: int, quick: bool):
             ("conv2", (batch, 14, 14, 6), (5, 5, 6, 16), 0),
             ("wide3x3", (2, 8, 8, 16), (3, 3, 16, 16), "SAME"),
         ]
-    return [
+    out = [
         ("conv1", (batch, 32, 32, 1), (5, 5, 1, 6), 0),
         ("conv2", (batch, 14, 14, 6), (5, 5, 6, 16), 0),
         ("wide3x3", (64, 32, 32, 64), (3, 3, 64, 64), "SAME"),
     ]
+    if more:
+        out += [
+            ("3->32", (128, 32, 32, 3), (3, 3, 3, 32), "SAME"),
+            ("16->32", (128, 32, 32, 16), (3, 3, 16, 32), "SAME"),
+            ("32->64@16", (128, 16, 16, 32), (3, 3, 32, 64), "SAME"),
+            ("128@8x8", (128, 8, 8, 128), (3, 3, 128, 128), "SAME"),
+            ("1x1", (32, 56, 56, 64), (1, 1, 64, 128), 0),
+            ("5x5@28", (64, 28, 28, 32), (5, 5, 32, 32), "SAME"),
+        ]
+    return out
 
 
 def jax_contenders(x_shape, w_shape, padding):
@@ -49,14 +61,19 @@ def jax_contenders(x_shape, w_shape, padding):
     from jaxconv import conv
 
     geom = conv.conv_geometry(x_shape, w_shape, padding=padding)[:4]
+    pads, s, d, groups = geom
+    algorithm = conv.hand_algorithm(x_shape, w_shape, geom)
     out = {
         "lax": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="lax"),
-        f"hand ({conv.hand_algorithm(x_shape, w_shape, geom)})": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand"),
+        f"hand ({algorithm})": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand"),
         "hand, im2col forced": lambda x, w, b: conv._hand(x, w, b, geom),
         "hand_autodiff": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand_autodiff"),
     }
-    if conv.hand_algorithm(x_shape, w_shape, geom) != "rows" and geom[1:] == ((1, 1), (1, 1), 1):
-        out["hand, rows forced"] = lambda x, w, b: conv._hand_rows(x, w, b, geom[0])
+    if algorithm != "rows" and geom[1:] == ((1, 1), (1, 1), 1):
+        out["hand, rows forced"] = lambda x, w, b: conv._hand_rows(x, w, b, pads)
+    if algorithm != "taps" and s == (1, 1) and groups == 1:
+        c = conv.taps_chunk(x_shape, w_shape, pads)
+        out["hand, taps forced"] = lambda x, w, b: conv._hand_taps(x, w, b, pads, d, c)
     runs = {}
     k = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(k[0], x_shape, jnp.float32)
@@ -103,7 +120,10 @@ def torch_contenders(x_shape, w_shape, padding):
 
 def measure(args):
     rows = []
-    for layer, x_shape, w_shape, padding in layers(args.batch, args.quick):
+    from jaxconv import conv
+
+    for layer, x_shape, w_shape, padding in layers(args.batch, args.quick, args.more):
+        auto = conv.resolve_impl("auto", x_shape, w_shape, conv.conv_geometry(x_shape, w_shape, padding=padding)[:4])
         runs = jax_contenders(x_shape, w_shape, padding)
         if not args.no_torch and importlib.util.find_spec("torch"):
             runs.update(torch_contenders(x_shape, w_shape, padding))
@@ -120,16 +140,20 @@ def measure(args):
             ms = float(np.median(ts)) * 1e3
             lax_ms = float(np.median(times[("lax", direction)])) * 1e3
             rows.append(
-                {"layer": layer, "x": str(x_shape), "w": str(w_shape), "impl": name, "pass": direction, "ms": ms, "vs_lax": ms / lax_ms}
+                {"layer": layer, "x": str(x_shape), "w": str(w_shape), "impl": name, "pass": direction, "ms": ms, "vs_lax": ms / lax_ms,
+                 "auto": auto}
             )
         print(f"{layer} done", flush=True)
     return rows
 
 
 def format_table(rows):
-    lines = [f"| {'layer':8s} | {'impl':22s} | pass    |      ms | time / lax |", f"|{'-' * 10}|{'-' * 24}|---------|--------:|-----------:|"]
+    lines = [
+        f"| {'layer':9s} | {'impl':22s} | pass    |      ms | time / lax | auto |",
+        f"|{'-' * 11}|{'-' * 24}|---------|--------:|-----------:|------|",
+    ]
     for r in rows:
-        lines.append(f"| {r['layer']:8s} | {r['impl']:22s} | {r['pass']:7s} | {r['ms']:7.2f} | {r['vs_lax']:9.2f}x |")
+        lines.append(f"| {r['layer']:9s} | {r['impl']:22s} | {r['pass']:7s} | {r['ms']:7.2f} | {r['vs_lax']:9.2f}x | {r['auto']:4s} |")
     return "\n".join(lines)
 
 
@@ -140,6 +164,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="calls per contender per round")
     parser.add_argument("--warmup", type=int, default=2, help="calls after compiling, before timing")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--more", action="store_true", help="also the layers behind impl='auto''s choice between taps and lax")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds, for tests")
     parser.add_argument("--out", default="results/bench_conv", help="folder for bench_conv.csv/.json")
     args = parser.parse_args(argv)

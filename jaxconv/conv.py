@@ -7,7 +7,7 @@ is cross-correlation, as in the notes and in lax:
     Z[m, h, w, o] = b[o] + Σ_{i, j, c} X_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c] · W[i, j, c, o]
 
 The hand-rolled convolution never calls a lax convolution primitive. It has
-two algorithms, each a forward with its hand-derived backward right below it:
+three algorithms, each a forward with its hand-derived backward right below it:
 
 - im2col (`_hand_fwd` / `_hand_bwd`, any stride, dilation, groups): pad, take
   the f_H·f_W shifted, strided, dilated views of the input, stack them into
@@ -20,12 +20,17 @@ two algorithms, each a forward with its hand-derived backward right below it:
   blocks of B output columns (`rows_block`), each block reads B + f_W − 1
   input columns and the banded matrix shrinks to one block's, the same for
   every block: (B + f_W − 1)/f_W times the arithmetic instead.
+- taps (`_taps_fwd` / `_taps_bwd`, stride 1, one group, any dilation): flatten
+  the padded images into rows of pixels, multiply them once by all f_H·f_W taps
+  of the filter side by side, and shift-add the tap products: tap (i, j) of
+  output pixel q is product q + o_ij. Nothing is gathered before the matmul;
+  chunks of a few images (`taps_chunk`) keep the K-fold products in cache.
+  The fast algorithm for wide layers (64 channels, 3x3).
 
-impl="hand" picks between them per layer (`hand_algorithm`). impl="auto"
-(the default) is lax on GPU/TPU, where cuDNN-like libraries win; on CPU it is
-"hand" where the rows algorithm applies (XLA's convolution runs on one core and
-is 2-6x slower there) and lax elsewhere, where lax beats im2col
-(experiments/bench_conv.py measures all of them).
+impl="hand" picks one per layer (`hand_algorithm`). impl="auto" (the default)
+is lax on GPU/TPU, where cuDNN-like libraries win; on CPU it is "hand" where
+rows or taps beat XLA's convolution, and lax elsewhere (`resolve_impl`;
+experiments/bench_conv.py measures all of them).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from jaxconv import _args
 from jaxconv._args import LAYOUT, conv_output_size  # noqa: F401  (re-exported)
 
 IMPLS = ("auto", "lax", "hand", "hand_autodiff")
-HAND_ALGORITHMS = ("im2col", "rows")
+HAND_ALGORITHMS = ("im2col", "rows", "taps")
 
 
 # ---------------------------------------------------------------------------
@@ -305,6 +310,136 @@ def _rows_bwd(pads, B, res, dZ):
 _hand_rows.defvjp(_rows_fwd, _rows_bwd)
 
 
+# ---------------------------------------------------------------------------
+# impl="hand", taps (stride 1, one group, any dilation): forward and hand-derived backward.
+# ---------------------------------------------------------------------------
+
+
+def _tap_offsets(n_W_pad, f, d):
+    """o_k = i·d_H·n_W_pad + j·d_W for k = i·f_W + j: where tap (i, j) reads, in a row-major flattened padded image."""
+    return [i * d[0] * n_W_pad + j * d[1] for i in range(f[0]) for j in range(f[1])]
+
+
+def _taps_geometry(x_pad, w, d):
+    """(N, L, offsets): the c·n_H_pad·n_W_pad flattened pixels of a chunk, the L = N − o_last positions every tap can read."""
+    c, n_H_pad, n_W_pad, _ = x_pad.shape
+    offs = _tap_offsets(n_W_pad, w.shape[:2], d)
+    N = c * n_H_pad * n_W_pad
+    return N, N - offs[-1], offs
+
+
+def _taps_chunk_forward(x, w, pads, d):
+    """Z of a chunk of c images, without bias: (c, n_H, n_W, n_C) -> (c, n_H', n_W', n_C').
+
+    Flattens the padded chunk into rows X[q, c] (q = (image, row, column)), multiplies it
+    once by all K = f_H·f_W taps of the filter side by side, Y = X · [W_1 … W_K]
+    (N × K·n_C'), and shift-adds the tap products: Z[q] = Σ_k Y[q + o_k, k]. Positions q
+    past the right or bottom edge of an image mix pixels of two rows or images: they are
+    computed and dropped.
+    """
+    f_H, f_W, n_C, n_C_out = w.shape
+    x_pad = _pad_input(x, pads)  # (c, n_H_pad, n_W_pad, n_C)
+    c, n_H_pad, n_W_pad, _ = x_pad.shape
+    N, L, offs = _taps_geometry(x_pad, w, d)
+    taps = w.transpose(2, 0, 1, 3).reshape(n_C, len(offs) * n_C_out)  # [W_1 … W_K]: (n_C, K·n_C')
+    Y = jnp.dot(x_pad.reshape(N, n_C), taps, preferred_element_type=x.dtype)  # (N, K·n_C')
+    z = None
+    for k, o in enumerate(offs):
+        tap = Y[o : o + L, k * n_C_out : (k + 1) * n_C_out]  # (L, n_C')
+        z = tap if z is None else z + tap
+    z = jnp.pad(z, ((0, N - L), (0, 0))).reshape(c, n_H_pad, n_W_pad, n_C_out)
+    n_H_out, n_W_out = _out_size((n_H_pad, n_W_pad), (f_H, f_W), (1, 1), d)
+    return z[:, :n_H_out, :n_W_out]  # (c, n_H', n_W', n_C')
+
+
+def _taps_chunk_backward(x, dZ, w, pads, d):
+    """(dX, dW) of a chunk: the transpose of `_taps_chunk_forward`, derived by hand.
+
+    With dZ zero-extended to the flattened padded grid (the dropped positions get 0):
+    - dY[q, k] = dZ[q] · W_kᵀ: one matmul, dZ · [W_1ᵀ … W_Kᵀ]               (L × K·n_C)
+    - dX_pad[q + o_k] += dY[q, k]: Y[q + o_k, k] fed Z[q], so its gradient adds back
+      there (shift-and-add, transposed); dX = crop of dX_pad to the padding.
+    - dW_k = Σ_q X[q + o_k]ᵀ dZ[q]: one matmul Pᵀ dZ with P = [X[o_1 …] … X[o_K …]] (L × K·n_C),
+      the im2col patches of the flattened chunk.
+    """
+    f_H, f_W, n_C, n_C_out = w.shape
+    x_pad = _pad_input(x, pads)
+    c, n_H_pad, n_W_pad, _ = x_pad.shape
+    N, L, offs = _taps_geometry(x_pad, w, d)
+    _, n_H_out, n_W_out, _ = dZ.shape
+    dZ_flat = jnp.pad(dZ, ((0, 0), (0, n_H_pad - n_H_out), (0, n_W_pad - n_W_out), (0, 0))).reshape(N, n_C_out)[:L]
+    taps_T = w.transpose(3, 0, 1, 2).reshape(n_C_out, len(offs) * n_C)  # [W_1ᵀ … W_Kᵀ]: (n_C', K·n_C)
+    dY = jnp.dot(dZ_flat, taps_T, preferred_element_type=x.dtype)  # (L, K·n_C)
+    dX_flat = None
+    for k, o in enumerate(offs):
+        tap = jnp.pad(dY[:, k * n_C : (k + 1) * n_C], ((o, N - L - o), (0, 0)))  # (N, n_C)
+        dX_flat = tap if dX_flat is None else dX_flat + tap
+    dX = _crop(dX_flat.reshape(c, n_H_pad, n_W_pad, n_C), pads, x.shape)
+    X = x_pad.reshape(N, n_C)
+    P = jnp.concatenate([X[o : o + L] for o in offs], axis=1)  # (L, K·n_C)
+    dW = jnp.dot(P.T, dZ_flat, preferred_element_type=x.dtype).reshape(w.shape)
+    return dX, dW
+
+
+def _chunks(a, c):
+    return a.reshape(a.shape[0] // c, c, *a.shape[1:])  # (m/c, c, ...)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _hand_taps(x, w, b, pads, d, c):
+    return _taps_forward(x, w, b, pads, d, c)
+
+
+def _taps_forward(x, w, b, pads, d, c):
+    """Z = X_pad ⋆ W + b over chunks of c images (`taps_chunk`), one chunk at a time (lax.map)."""
+    if c == x.shape[0]:
+        z = _taps_chunk_forward(x, w, pads, d)
+    else:
+        z = lax.map(lambda x_c: _taps_chunk_forward(x_c, w, pads, d), _chunks(x, c))
+        z = z.reshape(x.shape[0], *z.shape[2:])
+    return z if b is None else z + b
+
+
+def _taps_fwd(x, w, b, pads, d, c):
+    return _taps_forward(x, w, b, pads, d, c), (x, w, b is not None)
+
+
+def _taps_bwd(pads, d, c, res, dZ):
+    """db = Σ dZ; dX and dW chunk by chunk (`_taps_chunk_backward`), dW summed over the chunks."""
+    x, w, has_bias = res
+    db = dZ.sum(axis=(0, 1, 2)) if has_bias else None
+    if c == x.shape[0]:
+        dX, dW = _taps_chunk_backward(x, dZ, w, pads, d)
+        return dX, dW, db
+
+    def chunk(dW, xz):
+        dX_c, dW_c = _taps_chunk_backward(*xz, w, pads, d)
+        return dW + dW_c, dX_c
+
+    dW, dX = lax.scan(chunk, jnp.zeros_like(w), (_chunks(x, c), _chunks(dZ, c)))
+    return dX.reshape(x.shape), dW, db
+
+
+_hand_taps.defvjp(_taps_fwd, _taps_bwd)
+
+
+# The taps algorithm's products Y are K = f_H·f_W times larger than the output: keep one
+# chunk's within this many bytes, so the shift-and-add reads them from cache. Measured on the
+# 64->64 3x3 SAME layer at m = 64 (2-core EPYC): 1 image per chunk 150 ms fwd+bwd, 2 images 139 ms,
+# 4 images 158 ms, all 64 at once far slower; lax 192 ms.
+TAPS_CHUNK_BYTES = 6 << 20
+
+
+def taps_chunk(x_shape, w_shape, pads) -> int:
+    """c, the images per chunk of the taps algorithm: the largest divisor of m whose tap products fit TAPS_CHUNK_BYTES."""
+    m = max(int(x_shape[0]), 1)
+    f_H, f_W, n_C, n_C_out = w_shape
+    n_pad = (x_shape[1] + pads[0][0] + pads[0][1]) * (x_shape[2] + pads[1][0] + pads[1][1])
+    per_image = 4 * n_pad * f_H * f_W * max(n_C, n_C_out)
+    fits = max(1, TAPS_CHUNK_BYTES // max(per_image, 1))
+    return max(c for c in range(1, min(m, fits) + 1) if m % c == 0)
+
+
 # The rows algorithm multiplies by a banded matrix W_pad/f_W times larger than the filter:
 # use it while that matrix stays small and mostly useful (LeNet: 6.4x and 2.8x), im2col otherwise.
 ROWS_MAX_WASTE = 8  # n_W_pad / f_W
@@ -333,11 +468,12 @@ def rows_block(x_shape, w_shape, pads) -> int:
 
 
 def hand_algorithm(x_shape, w_shape, geom) -> str:
-    """The hand-rolled algorithm impl="hand" uses for this layer: "rows" or "im2col".
+    """The hand-rolled algorithm impl="hand" uses for this layer: "rows", "taps" or "im2col".
 
     "rows" needs stride 1, dilation 1 and one group, and is chosen while its
     banded filter matrix is at most ROWS_MAX_WASTE times wider than the filter
-    and holds at most ROWS_MAX_BAND elements; "im2col" handles everything else.
+    and holds at most ROWS_MAX_BAND elements; "taps" takes the other layers
+    with stride 1 and one group; "im2col" handles everything else.
     """
     pads, s, d, groups = geom
     f_H, f_W, n_Cg, n_C_out = w_shape
@@ -346,6 +482,8 @@ def hand_algorithm(x_shape, w_shape, geom) -> str:
     band = f_H * n_W_pad * n_Cg * n_W_out * n_C_out
     if s == (1, 1) and d == (1, 1) and groups == 1 and n_W_pad <= ROWS_MAX_WASTE * f_W and band <= ROWS_MAX_BAND:
         return "rows"
+    if s == (1, 1) and groups == 1:
+        return "taps"
     return "im2col"
 
 
@@ -384,23 +522,42 @@ def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1
     return pads, s, d, groups, (m, *n_out, n_C_out)
 
 
+# impl="auto" uses taps where it beat lax forward+backward (experiments/bench_conv.py, 2-core EPYC:
+# 64->64 3x3 on 32x32 0.70x lax's time, 3->32 0.36x, 16->32 0.57x, 1x1 64->128 0.13x, 32->64 on
+# 16x16 0.95x) and leaves lax where it did not: 5x5 filters (K = 25 tap products per output,
+# 1.9x) and small images whose padding is a large share of the flattened grid (8x8 SAME, 1.2x).
+TAPS_AUTO_MAX_TAPS = 9  # f_H·f_W
+TAPS_AUTO_MAX_WASTE = 1.3  # padded pixels per output pixel
+
+
+def _taps_pays(x_shape, w_shape, pads) -> bool:
+    f_H, f_W = w_shape[:2]
+    n_pad = (x_shape[1] + pads[0][0] + pads[0][1]) * (x_shape[2] + pads[1][0] + pads[1][1])
+    n_out = (x_shape[1] + pads[0][0] + pads[0][1] - f_H + 1) * (x_shape[2] + pads[1][0] + pads[1][1] - f_W + 1)
+    return f_H * f_W <= TAPS_AUTO_MAX_TAPS and n_pad <= TAPS_AUTO_MAX_WASTE * n_out
+
+
 def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
-    """The implementation impl="auto" stands for: "lax" on GPU/TPU; on CPU "hand" where its rows algorithm applies, else "lax".
+    """The implementation impl="auto" stands for: "lax" on GPU/TPU; on CPU "hand" where it is faster, else "lax".
 
     Read at trace time (`jax.default_backend()`). On GPU and TPU lax's
-    convolution (cuDNN and friends) is fastest. On CPU, XLA's convolution runs
-    on one core and the hand-rolled rows algorithm is 2-6x faster forward+backward
-    on narrow layers like LeNet's; on wide layers (64 channels, 3x3) lax beats
-    the hand-rolled im2col, so "auto" keeps lax there (experiments/bench_conv.py).
-    Without shapes, "auto" on CPU means "hand".
+    convolution (cuDNN and friends) is fastest. On CPU, "hand" where its rows
+    algorithm applies (narrow layers like LeNet's: 2-6x faster than lax
+    forward+backward) or its taps algorithm pays (3x3 and 1x1 filters on images
+    larger than about 16x16: 1.05-8x faster), lax elsewhere (strides, groups,
+    5x5 filters on wide layers, small images); experiments/bench_conv.py
+    measures them. Without shapes, "auto" on CPU means "hand".
     """
     if impl != "auto":
         return impl
     if jax.default_backend() != "cpu":
         return "lax"
-    if geom is not None and hand_algorithm(x_shape, w_shape, geom) != "rows":
-        return "lax"
-    return "hand"
+    if geom is None:
+        return "hand"
+    algorithm = hand_algorithm(x_shape, w_shape, geom)
+    if algorithm == "rows" or (algorithm == "taps" and _taps_pays(x_shape, w_shape, geom[0])):
+        return "hand"
+    return "lax"
 
 
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="auto"):
@@ -454,6 +611,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
             z = z + b
     elif impl == "hand" and hand_algorithm(x.shape, w_shape, geom) == "rows":
         z = _hand_rows(x, w, b, pads, rows_block(x.shape, w_shape, pads))
+    elif impl == "hand" and hand_algorithm(x.shape, w_shape, geom) == "taps":
+        z = _hand_taps(x, w, b, pads, d, taps_chunk(x.shape, w_shape, pads))
     elif impl == "hand":
         z = _hand(x, w, b, geom)
     else:

@@ -72,25 +72,21 @@ def _tiled_max_fwd(x, f):
 def _tiled_max_bwd(f, res, dY):
     """dX[window] = dY at the first maximum of the window in row-major order, 0 elsewhere.
 
-    Walks the f_H·f_W positions of every window in row-major order; a position
-    gets dY when it equals the window's maximum and no earlier position did
-    (`taken`), which is the tie policy of lax.reduce_window and PyTorch
-    (jnp.max's own gradient would split dY among the ties instead).
+    Numbers the f_H·f_W positions of every window in row-major order,
+    k = i·f_W + j, finds the first position holding the window's maximum,
+    k* = min {k : X[k] = Y}, and sends dY there: the tie policy of
+    lax.reduce_window and PyTorch (jnp.max's own gradient would split dY among
+    the ties instead). Two fusable passes over the tiles, no stacking.
     """
     x, y = res
     tiles = _tiles(x, f)  # (m, n_H', f_H, n_W', f_W, n_C)
-    taken = jnp.zeros(y.shape, bool)  # (m, n_H', n_W', n_C): the window's maximum already found
-    zero = jnp.zeros((), dY.dtype)
-    rows = []
-    for i in range(f[0]):
-        row = []
-        for j in range(f[1]):
-            first = (tiles[:, :, i, :, j, :] == y) & ~taken
-            taken = taken | first
-            row.append(jnp.where(first, dY, zero))  # (m, n_H', n_W', n_C)
-        rows.append(jnp.stack(row, axis=3))  # (m, n_H', n_W', f_W, n_C)
-    dX = jnp.stack(rows, axis=2).reshape(x.shape)  # (m, n_H', f_H, n_W', f_W, n_C) -> (m, n_H, n_W, n_C)
-    return (dX,)
+    at = lambda a: a[:, :, None, :, None, :]  # (m, n_H', n_W', n_C) -> broadcast over the window  # noqa: E731
+    k = lax.broadcasted_iota(jnp.int32, (1, 1, f[0], 1, f[1], 1), 2) * f[1] + lax.broadcasted_iota(
+        jnp.int32, (1, 1, f[0], 1, f[1], 1), 4
+    )  # position in the window, row-major
+    first = jnp.min(jnp.where(tiles == at(y), k, f[0] * f[1]), axis=(2, 4))  # (m, n_H', n_W', n_C): k*
+    dX = jnp.where(k == at(first), at(dY), jnp.zeros((), dY.dtype))  # (m, n_H', f_H, n_W', f_W, n_C)
+    return (dX.reshape(x.shape),)
 
 
 _tiled_max.defvjp(_tiled_max_fwd, _tiled_max_bwd)

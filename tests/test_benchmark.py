@@ -83,12 +83,13 @@ def test_bench_conv_quick(tmp_path):
     assert {r["layer"] for r in rows} == {"conv1", "conv2", "wide3x3"}
     assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
     impls = {r["impl"] for r in rows}
-    assert {"lax", "hand (rows)", "hand, im2col forced", "hand_autodiff"} <= impls
+    assert {"lax", "hand (rows)", "hand, im2col forced", "hand, taps forced", "hand_autodiff"} <= impls
     for r in rows:
         assert r["ms"] > 0 and math.isfinite(r["ms"])
         if r["impl"] == "lax":
             assert r["vs_lax"] == pytest.approx(1.0)
     assert "| conv2" in stdout
+    assert {r["auto"] for r in rows} == {"hand"}  # rows applies to all three quick layers
 
 
 @pytest.mark.parametrize("peer", ["flax", "equinox", "torch"])

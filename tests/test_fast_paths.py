@@ -69,24 +69,34 @@ ROWS_CASES = [
     ((2, 7, 9, 3), (3, 3, 3, 4), dict(padding="SAME")),
     ((1, 6, 8, 2), (2, 3, 2, 5), dict(padding=((1, 0), (2, 1)))),
 ]
+# Layers rows does not take but taps does (stride 1, one group): wide, dilated, asymmetric padding, 1x1.
+TAPS_CASES = [
+    ((2, 6, 30, 3), (3, 3, 3, 4), dict(padding="SAME")),  # band 32/3 > ROWS_MAX_WASTE
+    ((2, 9, 11, 2), (3, 2, 2, 3), dict(dilation=(2, 1))),
+    ((1, 7, 30, 2), (2, 3, 2, 5), dict(padding=((1, 0), (2, 1)), dilation=(1, 2))),
+    ((2, 5, 9, 4), (1, 1, 4, 3), {}),
+]
 IM2COL_ONLY = [
     ((2, 9, 9, 2), (3, 3, 2, 4), dict(stride=2, padding=1)),
-    ((2, 9, 11, 2), (3, 2, 2, 3), dict(dilation=(2, 1))),
     ((2, 8, 8, 4), (3, 3, 2, 6), dict(groups=2, padding="SAME")),
     ((1, 10, 10, 3), (3, 3, 1, 3), dict(groups=3, stride=(2, 1))),  # depthwise
 ]
 
 
 def _algorithms(x_shape, w_shape, kw):
+    """im2col and the algorithm impl="hand" picks for the layer, forced; taps both in one chunk and one image per chunk."""
     geom = conv_geometry(x_shape, w_shape, **kw)[:4]
-    pads = geom[0]
+    pads, s, d, groups = geom
     algos = {"im2col": lambda x, w, b: conv._hand(x, w, b, geom)}
+    if conv.hand_algorithm(x_shape, w_shape, geom) == "taps":
+        algos["taps"] = lambda x, w, b: conv._hand_taps(x, w, b, pads, d, x.shape[0])
+        algos["taps, chunks of 1"] = lambda x, w, b: conv._hand_taps(x, w, b, pads, d, 1)
     if conv.hand_algorithm(x_shape, w_shape, geom) == "rows":
         algos["rows"] = lambda x, w, b: conv._hand_rows(x, w, b, pads)
     return geom, algos
 
 
-@pytest.mark.parametrize("x_shape,w_shape,kw", ROWS_CASES + IM2COL_ONLY)
+@pytest.mark.parametrize("x_shape,w_shape,kw", ROWS_CASES + TAPS_CASES + IM2COL_ONLY)
 def test_hand_algorithms_match_numpy_and_lax(x_shape, w_shape, kw):
     geom, algos = _algorithms(x_shape, w_shape, kw)
     pads, s, d, groups = geom
@@ -104,12 +114,16 @@ def test_hand_algorithms_match_numpy_and_lax(x_shape, w_shape, kw):
             np.testing.assert_allclose(got, want, **TOL, err_msg=f"{name} d{arg}")
 
 
-@pytest.mark.parametrize("x_shape,w_shape,kw", ROWS_CASES[1:3])
-def test_rows_gradient_against_finite_differences(x_shape, w_shape, kw):
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw,algorithm",
+    [(*ROWS_CASES[1], "rows"), (*ROWS_CASES[2], "rows"), (*TAPS_CASES[0], "taps, chunks of 1"), (*TAPS_CASES[2], "taps")],
+)
+def test_fast_algorithm_gradients_against_finite_differences(x_shape, w_shape, kw, algorithm):
     geom, algos = _algorithms(x_shape, w_shape, kw)
+    pads, s, d, groups = geom
     x, w, b = _data(x_shape, w_shape, seed=1)
-    loss = lambda x, w, b: float(np.sum(np.sin(conv_reference(x, w, b, geom[0]))))
-    grads = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(algos["rows"](x, w, b))), (0, 1, 2))(x, w, b)
+    loss = lambda x, w, b: float(np.sum(np.sin(conv_reference(x, w, b, pads, s, d, groups))))
+    grads = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(algos[algorithm](x, w, b))), (0, 1, 2))(x, w, b)
     for index in range(3):
         numeric, directions = directional_fd(loss, (np.asarray(x), np.asarray(w), np.asarray(b)), index)
         analytic = [float(np.sum(np.asarray(grads[index]) * u)) for u in directions]
@@ -164,10 +178,19 @@ def test_hand_algorithm_choice_per_layer():
     choose = lambda xs, ws, **kw: conv.hand_algorithm(xs, ws, conv_geometry(xs, ws, **kw)[:4])
     assert choose((1, 32, 32, 1), (5, 5, 1, 6)) == "rows"  # LeNet conv1: band 6.4x the filter
     assert choose((1, 14, 14, 6), (5, 5, 6, 16)) == "rows"  # LeNet conv2: 2.8x
-    assert choose((1, 32, 32, 64), (3, 3, 64, 64), padding="SAME") == "im2col"  # band 11x wider than the filter
+    assert choose((1, 32, 32, 64), (3, 3, 64, 64), padding="SAME") == "taps"  # band 11x wider than the filter
+    assert choose((1, 14, 14, 6), (5, 5, 6, 16), dilation=2) == "taps"
     assert choose((1, 14, 14, 6), (5, 5, 6, 16), stride=2) == "im2col"
     assert choose((1, 14, 14, 6), (5, 5, 3, 16), groups=2) == "im2col"
-    assert choose((1, 14, 14, 6), (5, 5, 6, 16), dilation=2) == "im2col"
+
+
+def test_taps_chunk_choice():
+    same = ((1, 1), (1, 1))
+    # 64->64 3x3 on 32x32: 34·34 pixels x 9 taps x 64 x 4 bytes = 2.66 MB per image -> 2 images in 6 MiB
+    assert conv.taps_chunk((64, 32, 32, 64), (3, 3, 64, 64), same) == 2
+    assert conv.taps_chunk((63, 32, 32, 64), (3, 3, 64, 64), same) == 1  # 63 = 3·3·7: the largest divisor <= 2
+    assert conv.taps_chunk((6, 8, 8, 4), (3, 3, 4, 4), same) == 6  # small: the whole batch at once
+    assert conv.taps_chunk((-1, 8, 8, 4), (3, 3, 4, 4), same) == 1  # shape-only init
 
 
 def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
@@ -177,12 +200,19 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     monkeypatch.setattr(conv.jax, "default_backend", lambda: "cpu")
     assert conv.resolve_impl("auto") == "hand"
     assert conv.resolve_impl("lax") == "lax"
-    narrow, wide = ((1, 14, 14, 6), (5, 5, 6, 16), {}), ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME"})
-    for (xs, ws, kw), want in ((narrow, "hand"), (wide, "lax")):  # rows applies / im2col would be slower than lax
-        assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want
+    cases = [
+        ((1, 14, 14, 6), (5, 5, 6, 16), {}, "hand"),  # rows
+        ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME"}, "hand"),  # taps, 3x3 on 32x32
+        ((1, 56, 56, 64), (1, 1, 64, 128), {}, "hand"),  # taps, 1x1
+        ((1, 28, 28, 32), (5, 5, 32, 32), {"padding": "SAME"}, "lax"),  # taps would do 25 tap products per output
+        ((1, 8, 8, 128), (3, 3, 128, 128), {"padding": "SAME"}, "lax"),  # 10·10 padded pixels for 8·8 outputs
+        ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME", "stride": 2}, "lax"),  # im2col only
+    ]
+    for xs, ws, kw, want in cases:
+        assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want, (xs, ws, kw)
 
 
-@pytest.mark.parametrize("x_shape,w_shape,kw", [ROWS_CASES[1], IM2COL_ONLY[2]])
+@pytest.mark.parametrize("x_shape,w_shape,kw", [ROWS_CASES[1], TAPS_CASES[0], IM2COL_ONLY[1]])
 def test_auto_matches_numpy_in_value_and_gradient(x_shape, w_shape, kw):
     x, w, b = _data(x_shape, w_shape, seed=2)
     pads, s, d, groups = conv_geometry(x_shape, w_shape, **kw)[:4]
