@@ -425,8 +425,8 @@ _hand_taps.defvjp(_taps_fwd, _taps_bwd)
 
 # The taps algorithm's products Y are K = f_H·f_W times larger than the output: keep one
 # chunk's within this many bytes, so the shift-and-add reads them from cache. Measured on the
-# 64->64 3x3 SAME layer at m = 64 (2-core EPYC): 1 image per chunk 150 ms fwd+bwd, 2 images 139 ms,
-# 4 images 158 ms, all 64 at once far slower; lax 192 ms.
+# 64->64 3x3 SAME layer at m = 64 (2-core EPYC, forward+backward): 1 image per chunk 150 ms,
+# 2 images 139 ms, 4 images 158 ms, all 64 at once far slower; lax 192 ms.
 TAPS_CHUNK_BYTES = 6 << 20
 
 
@@ -522,10 +522,11 @@ def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1
     return pads, s, d, groups, (m, *n_out, n_C_out)
 
 
-# impl="auto" uses taps where it beat lax forward+backward (experiments/bench_conv.py, 2-core EPYC:
-# 64->64 3x3 on 32x32 0.70x lax's time, 3->32 0.36x, 16->32 0.57x, 1x1 64->128 0.13x, 32->64 on
-# 16x16 0.95x) and leaves lax where it did not: 5x5 filters (K = 25 tap products per output,
-# 1.9x) and small images whose padding is a large share of the flattened grid (8x8 SAME, 1.2x).
+# impl="auto" uses taps where it beat lax forward+backward (`experiments/bench_conv.py --more`,
+# 2-core EPYC, time / lax's time: 64->64 3x3 on 32x32 0.77x, 3->32 0.55x, 16->32 0.82x, 32->64 on
+# 16x16 0.82x, 1x1 64->128 0.29x) and leaves lax where it did not: 5x5 filters (K = 25 tap
+# products per output, 1.83x) and small images whose padding is a large share of the flattened
+# grid (128->128 on 8x8 SAME: 10·10 padded pixels for 8·8 outputs, 1.44x).
 TAPS_AUTO_MAX_TAPS = 9  # f_H·f_W
 TAPS_AUTO_MAX_WASTE = 1.3  # padded pixels per output pixel
 
@@ -544,7 +545,7 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     convolution (cuDNN and friends) is fastest. On CPU, "hand" where its rows
     algorithm applies (narrow layers like LeNet's: 2-6x faster than lax
     forward+backward) or its taps algorithm pays (3x3 and 1x1 filters on images
-    larger than about 16x16: 1.05-8x faster), lax elsewhere (strides, groups,
+    larger than about 16x16: 1.2-3.4x faster), lax elsewhere (strides, groups,
     5x5 filters on wide layers, small images); experiments/bench_conv.py
     measures them. Without shapes, "auto" on CPU means "hand".
     """
