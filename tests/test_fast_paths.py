@@ -296,3 +296,19 @@ def test_cpu_devices_errors():
     assert cpu_devices(have) == have  # the count JAX already has: a no-op
     with pytest.raises(RuntimeError, match=rf"JAX has already started with {have} CPU device\(s\), so it cannot switch to n={have + 1}"):
         cpu_devices(have + 1)
+
+
+def test_taps_under_vmap_matches_lax():
+    """Ensembles vmap the step over stacked filters, per-example gradients vmap over single images:
+    the chunked taps path (lax.map / lax.scan inside a custom_vjp) must batch like lax does."""
+    x_shape, w_shape, kw = TAPS_CASES[0]
+    pads = conv_geometry(x_shape, w_shape, **kw)[0]
+    x, _, b = _data(x_shape, w_shape, seed=7)
+    ws = jax.random.normal(jax.random.key(8), (3, *w_shape), F64)  # an ensemble of three filters
+    taps = lambda w, x: conv._hand_taps(x, w, b, pads, (1, 1), 1)  # one image per chunk: the scan path
+    lax_conv = lambda w, x: conv2d(x, w, b, impl="lax", **kw)
+    loss = lambda fn: (lambda w, x: jnp.sum(jnp.sin(fn(w, x))))
+    ensemble = lambda fn: jax.vmap(jax.grad(loss(fn)), in_axes=(0, None))(ws, x)
+    np.testing.assert_allclose(ensemble(taps), ensemble(lax_conv), **TOL)
+    per_example = lambda fn: jax.vmap(jax.grad(loss(fn)), in_axes=(None, 0))(ws[0], x[:, None])
+    np.testing.assert_allclose(per_example(taps), per_example(lax_conv), **TOL)
