@@ -11,7 +11,7 @@ Contenders: impl="lax", impl="hand" (the algorithm `hand_algorithm` picks for
 the layer), each other hand-rolled algorithm that applies, forced (rows, taps, im2col),
 impl="hand_autodiff", and PyTorch's conv2d (NCHW, eager) when installed.
 fwd+bwd is the forward plus the gradient with respect to x, w and b for a
-fixed random upstream gradient. Interleaved rounds (order rotated each round), warm-up excluded,
+fixed random upstream gradient. Interleaved rounds (a random order each round), warm-up excluded,
 block_until_ready, medians; the ratio column is time / lax's time.
 """
 
@@ -131,12 +131,12 @@ def measure(args):
             run(1)  # compile
             run(args.warmup)
         times = {key: [] for key in runs}
-        keys = list(runs)
-        for r in range(args.rounds):
-            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotated: no contender always follows PyTorch
+        keys, order = list(runs), np.random.default_rng(0)
+        for _ in range(args.rounds):
+            for i in order.permutation(len(keys)):  # a fresh random order: no contender mostly follows PyTorch
                 start = time.perf_counter()
-                runs[key](args.steps)
-                times[key].append((time.perf_counter() - start) / args.steps)
+                runs[keys[i]](args.steps)
+                times[keys[i]].append((time.perf_counter() - start) / args.steps)
         for (name, direction), ts in times.items():
             ms = float(np.median(ts)) * 1e3
             lax_ms = float(np.median(times[("lax", direction)])) * 1e3

@@ -6,8 +6,8 @@
 Every contender trains LeNet-5 (32x32x1 -> 6@5x5 -> pool -> 16@5x5 -> pool ->
 120 -> 84 -> 10, Adam 1e-3, softmax cross-entropy) on the same random batch.
 One process, interleaved rounds (each contender runs `--steps` steps per round,
-in turn, the order rotated each round, so load from other processes hits all of
-them alike), warm-up excluded,
+in turn, in a fresh random order each round, so load from other processes and
+PyTorch's spinning threads hit all of them alike), warm-up excluded,
 `block_until_ready` before the clock stops, the median round reported.
 
 Also measured in the same run: the first-step compile time (trace + compile +
@@ -371,13 +371,14 @@ def measure_batch(batch, args, n_devices, peak):
         run(args.warmup)  # warm-up, excluded
         runs[name] = run
     times = {name: [] for name in runs}
-    names = list(runs)
-    for r in range(args.rounds):
-        # Interleaved: every contender once per round, the order rotated each round so that no
-        # contender always follows the same one (PyTorch's OpenMP threads spin for a while after
-        # its step and slowed whichever contender came next by ~10%).
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(_timed(lambda: runs[name](args.steps)) / args.steps)
+    names, order = list(runs), np.random.default_rng(0)
+    for _ in range(args.rounds):
+        # Interleaved: every contender once per round, in a fresh random order each round so that
+        # no contender mostly follows the same one (PyTorch's OpenMP threads spin for a while after
+        # its step and slowed whichever contender came next by 5-10%; rotating the order kept the
+        # same neighbour after PyTorch).
+        for i in order.permutation(len(names)):
+            times[names[i]].append(_timed(lambda: runs[names[i]](args.steps)) / args.steps)
     rows = []
     ref = "PyTorch eager" if "PyTorch eager" in times else None
     for name, ts in times.items():
