@@ -71,6 +71,11 @@ def _out_size(n_pad, f, s, d):
     return tuple((n - d_i * (f_i - 1) - 1) // s_i + 1 for n, f_i, s_i, d_i in zip(n_pad, f, s, d))
 
 
+def _padded_size(x_shape, pads):
+    """(n_H_pad, n_W_pad) of an (m, n_H, n_W, n_C) input with padding ((top, bottom), (left, right))."""
+    return x_shape[1] + pads[0][0] + pads[0][1], x_shape[2] + pads[1][0] + pads[1][1]
+
+
 def _patches(x_pad, f, s, d, n_out):
     """im2col: (m, n_H', n_W', f_H·f_W·n_C), tap (i, j) major, channel minor."""
     return jnp.concatenate(_views(x_pad, f, s, d, n_out), axis=-1)
@@ -258,7 +263,7 @@ def _hand_rows(x, w, b, pads, B=None):
 
 
 def _full_block(x_shape, w_shape, pads):
-    return x_shape[2] + pads[1][0] + pads[1][1] - w_shape[1] + 1  # one block: every output column
+    return _padded_size(x_shape, pads)[1] - w_shape[1] + 1  # one block: every output column
 
 
 def _rows_fwd(x, w, b, pads, B=None):
@@ -434,8 +439,8 @@ def taps_chunk(x_shape, w_shape, pads) -> int:
     """c, the images per chunk of the taps algorithm: the largest divisor of m whose tap products fit TAPS_CHUNK_BYTES."""
     m = max(int(x_shape[0]), 1)
     f_H, f_W, n_C, n_C_out = w_shape
-    n_pad = (x_shape[1] + pads[0][0] + pads[0][1]) * (x_shape[2] + pads[1][0] + pads[1][1])
-    per_image = 4 * n_pad * f_H * f_W * max(n_C, n_C_out)
+    n_H_pad, n_W_pad = _padded_size(x_shape, pads)
+    per_image = 4 * n_H_pad * n_W_pad * f_H * f_W * max(n_C, n_C_out)
     fits = max(1, TAPS_CHUNK_BYTES // max(per_image, 1))
     return max(c for c in range(1, min(m, fits) + 1) if m % c == 0)
 
@@ -459,8 +464,8 @@ ROWS_BLOCK_MAX_M = 4096
 def rows_block(x_shape, w_shape, pads) -> int:
     """B, the output columns per block of the rows algorithm (`_rows`): f_W − 1 or all n_W' of them."""
     f_H, f_W = w_shape[:2]
-    n_W_pad = x_shape[2] + pads[1][0] + pads[1][1]
-    n_H_out = x_shape[1] + pads[0][0] + pads[0][1] - f_H + 1
+    n_H_pad, n_W_pad = _padded_size(x_shape, pads)
+    n_H_out = n_H_pad - f_H + 1
     full = n_W_pad - f_W + 1
     if f_W > 1 and n_W_pad > ROWS_BLOCK_WASTE * f_W and max(x_shape[0], 1) * n_H_out <= ROWS_BLOCK_MAX_M:
         return min(f_W - 1, full)
@@ -477,7 +482,7 @@ def hand_algorithm(x_shape, w_shape, geom) -> str:
     """
     pads, s, d, groups = geom
     f_H, f_W, n_Cg, n_C_out = w_shape
-    n_W_pad = x_shape[2] + pads[1][0] + pads[1][1]
+    n_W_pad = _padded_size(x_shape, pads)[1]
     n_W_out = n_W_pad - f_W + 1
     band = f_H * n_W_pad * n_Cg * n_W_out * n_C_out
     if s == (1, 1) and d == (1, 1) and groups == 1 and n_W_pad <= ROWS_MAX_WASTE * f_W and band <= ROWS_MAX_BAND:
@@ -531,11 +536,11 @@ TAPS_AUTO_MAX_TAPS = 9  # f_H·f_W
 TAPS_AUTO_MAX_WASTE = 1.3  # padded pixels per output pixel
 
 
-def _taps_pays(x_shape, w_shape, pads) -> bool:
-    f_H, f_W = w_shape[:2]
-    n_pad = (x_shape[1] + pads[0][0] + pads[0][1]) * (x_shape[2] + pads[1][0] + pads[1][1])
-    n_out = (x_shape[1] + pads[0][0] + pads[0][1] - f_H + 1) * (x_shape[2] + pads[1][0] + pads[1][1] - f_W + 1)
-    return f_H * f_W <= TAPS_AUTO_MAX_TAPS and n_pad <= TAPS_AUTO_MAX_WASTE * n_out
+def _taps_pays(x_shape, w_shape, pads, d) -> bool:
+    f = w_shape[:2]
+    n_pad = _padded_size(x_shape, pads)
+    n_out = _out_size(n_pad, f, (1, 1), d)  # the flattened grid's positions that are real outputs
+    return f[0] * f[1] <= TAPS_AUTO_MAX_TAPS and n_pad[0] * n_pad[1] <= TAPS_AUTO_MAX_WASTE * n_out[0] * n_out[1]
 
 
 def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
@@ -556,7 +561,7 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     if geom is None:
         return "hand"
     algorithm = hand_algorithm(x_shape, w_shape, geom)
-    if algorithm == "rows" or (algorithm == "taps" and _taps_pays(x_shape, w_shape, geom[0])):
+    if algorithm == "rows" or (algorithm == "taps" and _taps_pays(x_shape, w_shape, geom[0], geom[2])):
         return "hand"
     return "lax"
 
@@ -610,12 +615,14 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
         )
         if b is not None:
             z = z + b
-    elif impl == "hand" and hand_algorithm(x.shape, w_shape, geom) == "rows":
-        z = _hand_rows(x, w, b, pads, rows_block(x.shape, w_shape, pads))
-    elif impl == "hand" and hand_algorithm(x.shape, w_shape, geom) == "taps":
-        z = _hand_taps(x, w, b, pads, d, taps_chunk(x.shape, w_shape, pads))
     elif impl == "hand":
-        z = _hand(x, w, b, geom)
+        algorithm = hand_algorithm(x.shape, w_shape, geom)
+        if algorithm == "rows":
+            z = _hand_rows(x, w, b, pads, rows_block(x.shape, w_shape, pads))
+        elif algorithm == "taps":
+            z = _hand_taps(x, w, b, pads, d, taps_chunk(x.shape, w_shape, pads))
+        else:
+            z = _hand(x, w, b, geom)
     else:
         z = _hand_forward(x, w, b, geom)[0]
     return z[0] if single else z

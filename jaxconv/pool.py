@@ -21,6 +21,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxconv import _args
@@ -81,9 +82,7 @@ def _tiled_max_bwd(f, res, dY):
     x, y = res
     tiles = _tiles(x, f)  # (m, n_H', f_H, n_W', f_W, n_C)
     at = lambda a: a[:, :, None, :, None, :]  # (m, n_H', n_W', n_C) -> broadcast over the window  # noqa: E731
-    k = lax.broadcasted_iota(jnp.int32, (1, 1, f[0], 1, f[1], 1), 2) * f[1] + lax.broadcasted_iota(
-        jnp.int32, (1, 1, f[0], 1, f[1], 1), 4
-    )  # position in the window, row-major
+    k = np.arange(f[0] * f[1], dtype=np.int32).reshape(1, 1, f[0], 1, f[1], 1)  # position in the window, row-major
     first = jnp.min(jnp.where(tiles == at(y), k, f[0] * f[1]), axis=(2, 4))  # (m, n_H', n_W', n_C): k*
     dX = jnp.where(k == at(first), at(dY), jnp.zeros((), dY.dtype))  # (m, n_H', f_H, n_W', f_W, n_C)
     return (dX.reshape(x.shape),)

@@ -206,6 +206,7 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
         ((1, 56, 56, 64), (1, 1, 64, 128), {}, "hand"),  # taps, 1x1
         ((1, 28, 28, 32), (5, 5, 32, 32), {"padding": "SAME"}, "lax"),  # taps would do 25 tap products per output
         ((1, 8, 8, 128), (3, 3, 128, 128), {"padding": "SAME"}, "lax"),  # 10·10 padded pixels for 8·8 outputs
+        ((1, 20, 20, 16), (3, 3, 16, 16), {"padding": "SAME", "dilation": 4}, "lax"),  # 28·28 padded for 20·20 outputs
         ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME", "stride": 2}, "lax"),  # im2col only
     ]
     for xs, ws, kw, want in cases:
