@@ -12,6 +12,9 @@ import json
 import os
 import platform
 import sys
+import time
+
+import numpy as np
 
 PLOT_HINT = "matplotlib not installed: pip install 'jaxconv[plot]' to get the pictures"
 
@@ -94,6 +97,25 @@ def machine() -> str:
         f"{platform.platform()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
         f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})"
     )
+
+
+def interleaved_rounds(runs: dict, rounds: int, steps: int, seed: int = 0) -> dict:
+    """Seconds per step of each contender, one value per round: {key: [s, ...]}.
+
+    runs: {key: run(n)}, each running n steps and blocking until they are done.
+    Every round calls every run(steps) once, in a fresh random (seeded) order, so
+    load from other processes, and threads a contender leaves spinning (PyTorch's
+    OpenMP pool slowed whichever contender came right after it by 5-10%), hit all
+    of them alike.
+    """
+    keys, order = list(runs), np.random.default_rng(seed)
+    times = {key: [] for key in keys}
+    for _ in range(rounds):
+        for i in order.permutation(len(keys)):
+            start = time.perf_counter()
+            runs[keys[i]](steps)
+            times[keys[i]].append((time.perf_counter() - start) / steps)
+    return times
 
 
 def fmt(x, digits=3) -> str:

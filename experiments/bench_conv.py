@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -130,13 +129,7 @@ def measure(args):
         for run in runs.values():
             run(1)  # compile
             run(args.warmup)
-        times = {key: [] for key in runs}
-        keys, order = list(runs), np.random.default_rng(0)
-        for _ in range(args.rounds):
-            for i in order.permutation(len(keys)):  # a fresh random order: no contender mostly follows PyTorch
-                start = time.perf_counter()
-                runs[keys[i]](args.steps)
-                times[keys[i]].append((time.perf_counter() - start) / args.steps)
+        times = _common.interleaved_rounds(runs, args.rounds, args.steps)
         for (name, direction), ts in times.items():
             ms = float(np.median(ts)) * 1e3
             lax_ms = float(np.median(times[("lax", direction)])) * 1e3

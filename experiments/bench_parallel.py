@@ -12,7 +12,7 @@ without a mesh, the one-device baseline. The batch is put on the devices once
 before timing, so the numbers are the step itself, not the host-to-device copy.
 
 Configurations run in interleaved rounds (every config once per round, in a
-rotated order), and the table shows the median images/s over rounds, so a busy
+random order), and the table shows the median images/s over rounds, so a busy
 shared machine slows all of them alike; p25..p75 shows the spread over rounds. On CPU the N "devices" are N XLA host
 devices sharing the machine's cores: expect little gain; it shows the mechanism.
 """
@@ -23,7 +23,11 @@ import argparse
 import os
 import platform
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
+from jaxconv._platform import cpu_devices  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -53,8 +57,7 @@ def machine_line(jax) -> str:
 def main(argv=None):
     args = parse_args(argv)
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()  # before JAX starts
+        cpu_devices(args.cpu_devices)  # before JAX starts
     import jax
     import numpy as np
     import optax
@@ -104,17 +107,16 @@ def main(argv=None):
         jax.block_until_ready(metrics)
         prepared.append((name, n, m, step, state, xd, yd))
 
-    rates = {i: [] for i in range(len(prepared))}
-    for r in range(args.rounds):
-        order = list(range(len(prepared)))
-        order = order[r % len(order):] + order[: r % len(order)]  # rotate who goes first
-        for i in order:
-            name, n, m, step, state, xd, yd = prepared[i]
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
+    def runner(step, state, xd, yd):
+        def run(k):
+            for _ in range(k):
                 state[0], state[1], metrics = step(state[0], state[1], xd, yd)
             jax.block_until_ready((state[0], metrics))
-            rates[i].append(args.steps * m / (time.perf_counter() - t0))
+
+        return run
+
+    seconds = _common.interleaved_rounds({i: runner(*p[3:]) for i, p in enumerate(prepared)}, args.rounds, args.steps)
+    rates = {i: [p[2] / s for s in seconds[i]] for i, p in enumerate(prepared)}  # images/s per round
 
     print(f"{'batch m':>8} | {'config':<16} | {'devices':>7} | {'rows/device':>11} | {'images/s':>10} | "
           f"{'p25..p75':>15} | {'vs 1 device':>11}")

@@ -370,15 +370,7 @@ def measure_batch(batch, args, n_devices, peak):
         compile_s[name] = _timed(lambda: run(1))  # first step: trace + compile + one step
         run(args.warmup)  # warm-up, excluded
         runs[name] = run
-    times = {name: [] for name in runs}
-    names, order = list(runs), np.random.default_rng(0)
-    for _ in range(args.rounds):
-        # Interleaved: every contender once per round, in a fresh random order each round so that
-        # no contender mostly follows the same one (PyTorch's OpenMP threads spin for a while after
-        # its step and slowed whichever contender came next by 5-10%; rotating the order kept the
-        # same neighbour after PyTorch).
-        for i in order.permutation(len(names)):
-            times[names[i]].append(_timed(lambda: runs[names[i]](args.steps)) / args.steps)
+    times = _common.interleaved_rounds(runs, args.rounds, args.steps)
     rows = []
     ref = "PyTorch eager" if "PyTorch eager" in times else None
     for name, ts in times.items():
