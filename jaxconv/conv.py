@@ -492,6 +492,40 @@ def hand_algorithm(x_shape, w_shape, geom) -> str:
     return "im2col"
 
 
+def _same_varying_axes(*arrays):
+    """The arrays, each cast to vary over every manual mesh axis any of them varies over.
+
+    Inside `shard_map`, x (a shard of the batch) varies over the data axis while a
+    replicated filter does not; a custom_vjp's backward must then return dW with w's
+    type, but dW (a sum over this shard's examples) varies. Casting w to varying
+    first makes its cotangent varying-typed too, and JAX's transpose of the cast is
+    the psum over the axis that adds up the shards' dW, as autodiff of lax's conv
+    would. Outside shard_map (or on a JAX without varying types) a no-op.
+    """
+    vma = [_varying_axes(a) for a in arrays]
+    every = frozenset().union(*vma)
+    if not every:
+        return arrays
+    cast = getattr(lax, "pcast", None)
+    if cast is None:  # jax < 0.8.2 spelled it pvary
+        cast = lambda a, axes, to: lax.pvary(a, axes)  # noqa: E731
+    return tuple(
+        a if a is None or v == every else cast(a, tuple(sorted(every - v)), to="varying") for a, v in zip(arrays, vma)
+    )
+
+
+def _varying_axes(a) -> frozenset:
+    """The manual mesh axes `a` varies over inside shard_map (empty outside, or on JAX without the notion)."""
+    typeof = getattr(jax, "typeof", None)
+    if a is None or typeof is None:
+        return frozenset()
+    aval = typeof(a)
+    mat = getattr(aval, "manual_axis_type", None)  # jax >= 0.8
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))  # jax 0.6-0.7
+
+
 # ---------------------------------------------------------------------------
 # Public op.
 # ---------------------------------------------------------------------------
@@ -616,6 +650,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
         if b is not None:
             z = z + b
     elif impl == "hand":
+        x, w, b = _same_varying_axes(x, w, b)
         algorithm = hand_algorithm(x.shape, w_shape, geom)
         if algorithm == "rows":
             z = _hand_rows(x, w, b, pads, rows_block(x.shape, w_shape, pads))

@@ -12,6 +12,7 @@ on the same params and the same global batches.
 from __future__ import annotations
 
 import json
+from functools import partial
 import os
 import socket
 import subprocess
@@ -147,8 +148,56 @@ def child_devices(out_dir):
     p, _, _ = step4(p, s, *parallel.shard_batch(mesh, x, y))
     np.savez(os.path.join(out_dir, "single_then_sharded.npz"), **_flat(parallel.to_host(p)))
 
+    info["shard_map"] = _shard_map_gradients()
+
     with open(os.path.join(out_dir, "info.json"), "w") as f:
         json.dump(info, f)
+
+
+def _shard_map_gradients():
+    """Gradients of hand-rolled layers inside shard_map (the batch split 4 ways) vs on one device.
+
+    The hand convs' custom VJPs get a batch shard that varies over "data" and a replicated
+    filter: JAX refuses a backward whose dW's type (varying) differs from w's unless conv2d
+    casts w first. The cast's transpose sums dW over the shards, as JAX does for lax's conv
+    (a replicated input's gradient comes back summed over the axis), so each shard's cost is
+    its share of the batch mean. One case per hand algorithm (rows, taps, im2col) plus the
+    tiled max pool. Returns {case: [algorithm, largest |difference| / largest |gradient|,
+    the same for impl="lax" in the same shard_map]}.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    from jaxconv import conv, parallel, pool
+
+    mesh = parallel.data_mesh(4)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((8, 12, 12, 3), dtype=np.float32))
+    cases = {"rows": {}, "taps": {"dilation": 2, "padding": "SAME"}, "im2col": {"stride": 2}}
+    out = {}
+    for name, options in cases.items():
+        w = jnp.asarray(rng.standard_normal((3, 3, 3, 4), dtype=np.float32))
+        b = jnp.asarray(rng.standard_normal(4, dtype=np.float32))
+        geom = conv.conv_geometry(x.shape, w.shape, **options)[:4]
+
+        def J(w, b, x, impl="hand", options=options):  # x's share of the mean over all 8 examples
+            z = conv.conv2d(x, w, b, impl=impl, **options)
+            if name == "rows":
+                z = pool.max_pool(jax.nn.relu(z), 2)
+            return jnp.sum(z**2) / (z[0].size * x.shape[0] * 4)
+
+        def sharded(impl, J=J):
+            local = partial(jax.grad(J, argnums=(0, 1)), impl=impl)
+            return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=(P(), P())))(w, b, x)
+
+        single = jax.jit(jax.grad(lambda w, b, x: 4 * J(w, b, x), argnums=(0, 1)))(w, b, x)  # all 8 examples
+
+        def err(grads):
+            return max(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in zip(grads, single))
+
+        out[name] = [conv.hand_algorithm(x.shape, w.shape, geom), err(sharded("hand")), err(sharded("lax"))]
+    return out
 
 
 def child_process(out_dir, coordinator, num_processes, process_id):
@@ -273,6 +322,15 @@ def test_batch_is_split_and_gradients_all_reduced(four_devices):
     assert info["shard_batch_error"].startswith(
         "shard_batch: this process feeds 4 device(s) but got 30 rows, not a multiple of 4;"
     )
+
+
+def test_hand_layers_differentiate_inside_shard_map(four_devices):
+    _, info = four_devices
+    algorithms = {case: algorithm for case, (algorithm, _, _) in info["shard_map"].items()}
+    assert algorithms == {"rows": "rows", "taps": "taps", "im2col": "im2col"}  # each hand algorithm once
+    for case, (_, err_hand, err_lax) in info["shard_map"].items():
+        assert err_lax < 1e-5, (case, err_lax)  # the reference pattern itself: lax under shard_map == one device
+        assert err_hand < 1e-5, (case, err_hand)  # same gradient, summed in another order
 
 
 def test_checkpoints_move_between_sharded_and_single_device(four_devices):
