@@ -342,6 +342,7 @@ def make_parallel_train_step(
     *,
     mesh: Mesh,
     ensemble: bool = False,
+    chunk_size="auto",
     donate: bool = True,
 ) -> Callable:
     """The `jaxconv.train` step compiled for a data-parallel mesh.
@@ -353,9 +354,14 @@ def make_parallel_train_step(
     Each device computes the gradient of its m/D examples' share of
     J = (1/m) Σᵢ L⁽ⁱ⁾, and the all-reduce XLA inserts sums them: the update
     equals the one-device update on the whole batch, up to float rounding.
+
+    chunk_size: as in `make_train_step`, counted in examples of the whole
+    (global) batch: "auto" accumulates the gradient over chunks of 128 on CPU
+    (64 per device on 2 devices; LeNet-5 at batch 512 on 2 CPU devices:
+    1.07-1.14x over no chunks), never on GPU/TPU. Chunks are strided, so each
+    holds rows of every device's shard and all devices work on every chunk.
     """
-    # No chunking: each device's share of the batch is already small.
-    step = make_train_step(apply, optimizer, loss, ensemble=ensemble, chunk_size=None, jit=False)
+    step = make_train_step(apply, optimizer, loss, ensemble=ensemble, chunk_size=chunk_size, jit=False)
     data, whole = batch_sharding(mesh), replicated_sharding(mesh)
     return jax.jit(
         step,

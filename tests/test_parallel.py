@@ -123,7 +123,7 @@ def child_devices(out_dir):
             info["x_shard_rows"] = [[s.index[0].start, s.index[0].stop] for s in xs.addressable_shards]
             info["y_shard_shapes"] = [list(s.data.shape) for s in ys.addressable_shards]
             hlo = step4.lower(params, opt_state, xs, ys).compile().as_text()
-            info["collectives"] = sorted(c for c in ("all-reduce", "reduce-scatter", "all-gather") if c in hlo)
+            info["collectives"] = sorted(c for c in COLLECTIVES if c in hlo)
         params, opt_state, metrics = step4(params, opt_state, xs, ys)
         losses4.append(float(metrics["loss"]))
     try:
@@ -133,6 +133,7 @@ def child_devices(out_dir):
     info["params_replicated"] = all(leaf.is_fully_replicated for leaf in jax.tree_util.tree_leaves(params))
     info["params_n_devices"] = sorted({len(leaf.sharding.device_set) for leaf in jax.tree_util.tree_leaves(params)})
     info["losses1"], info["losses4"] = losses1, losses4
+    info["chunked"] = _chunked_run(model, optimizer, params0, batches, mesh, out_dir)
     np.savez(os.path.join(out_dir, "sharded.npz"), **_flat(parallel.to_host(params)))
 
     # Checkpoint interop: a sharded run's checkpoint continues on one device,
@@ -152,6 +153,28 @@ def child_devices(out_dir):
 
     with open(os.path.join(out_dir, "info.json"), "w") as f:
         json.dump(info, f)
+
+
+COLLECTIVES = ("all-reduce", "reduce-scatter", "all-gather", "all-to-all", "collective-permute")
+
+
+def _chunked_run(model, optimizer, params0, batches, mesh, out_dir):
+    """The 4-device step accumulating over chunks of 8 of the 32 rows (2 per device per chunk).
+
+    Saves its params beside the reference; returns the collectives in its HLO: chunks
+    that each lived on one device would need the batch moved between devices.
+    """
+    from jaxconv import parallel
+
+    step = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh, chunk_size=8)
+    params, opt_state = parallel.replicate(mesh, (params0, optimizer.init(params0)))
+    for i, (x, y) in enumerate(batches):
+        xs, ys = parallel.shard_batch(mesh, x, y)
+        if i == 0:
+            hlo = step.lower(params, opt_state, xs, ys).compile().as_text()
+        params, opt_state, _ = step(params, opt_state, xs, ys)
+    np.savez(os.path.join(out_dir, "sharded_chunked.npz"), **_flat(parallel.to_host(params)))
+    return {"collectives": sorted(c for c in COLLECTIVES if c in hlo)}
 
 
 def _shard_map_gradients():
@@ -322,6 +345,13 @@ def test_batch_is_split_and_gradients_all_reduced(four_devices):
     assert info["shard_batch_error"].startswith(
         "shard_batch: this process feeds 4 device(s) but got 30 rows, not a multiple of 4;"
     )
+
+
+def test_chunked_gradient_on_four_devices_matches_one_device(four_devices):
+    out, info = four_devices
+    _assert_params_close(_load(out / "sharded_chunked.npz"), _load(out / "reference.npz"))
+    # Strided chunks keep every chunk spread over all devices: the only collective is the gradients' all-reduce.
+    assert info["chunked"]["collectives"] == ["all-reduce"]
 
 
 def test_hand_layers_differentiate_inside_shard_map(four_devices):
