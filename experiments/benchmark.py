@@ -13,8 +13,9 @@ PyTorch's spinning threads hit all of them alike), warm-up excluded,
 Also measured in the same run: the first-step compile time (trace + compile +
 one step), the machine's float32 matmul peak (numpy's BLAS and XLA's dot), the
 model FLOPs per image and the fraction of peak each contender reaches, and the
-default step on all CPU devices with the batch sharded over a mesh axis "data"
-(params replicated), and the default step with the gradient accumulated over
+default step on all CPU devices (`jaxconv.parallel.make_parallel_train_step`, what
+`jaxconv train --cpu-devices N` runs: the batch sharded over a mesh axis "data",
+params replicated), and the default step with the gradient accumulated over
 chunks of --chunk images for batches above it. Prints a table headed by the machine and writes
 benchmark.csv and benchmark.json to --out.
 """
@@ -119,6 +120,7 @@ def _runner(step, params, opt_state, x, y):
 
 def jaxconv_step(x, y, impl=None, sharded=False):
     import jax
+    import numpy as np
     import optax
 
     from jaxconv.models import lenet5
@@ -128,15 +130,14 @@ def jaxconv_step(x, y, impl=None, sharded=False):
     _, params = model.init(jax.random.key(0), (-1, 32, 32, 1))
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
-    step = make_train_step(model.apply, optimizer)
-    if sharded:
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    if not sharded:
+        return _runner(make_train_step(model.apply, optimizer), params, opt_state, x, y)
+    from jaxconv import parallel  # what `jaxconv train --cpu-devices N` runs
 
-        mesh = Mesh(jax.devices(), ("data",))
-        replicated, batch = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-        params, opt_state = jax.device_put((params, opt_state), replicated)
-        x, y = jax.device_put(x, batch), jax.device_put(y, batch)
-    return _runner(step, params, opt_state, x, y)
+    mesh = parallel.data_mesh()
+    step = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh)
+    params, opt_state = parallel.replicate(mesh, (params, opt_state))
+    return _runner(step, params, opt_state, *parallel.shard_batch(mesh, np.asarray(x), np.asarray(y)))
 
 
 def jaxconv_chunked_step(x, y, chunk):
