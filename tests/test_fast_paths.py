@@ -158,6 +158,20 @@ def test_block_banded_rows_match_numpy_lax_and_finite_differences(x_shape, w_sha
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-6)
 
 
+def test_rows_dx_groups():
+    # LeNet conv2 (14 input columns, 10 outputs, f_W = 5): input columns 0-6 hear from outputs 0-6,
+    # columns 7-13 from outputs 3-9 (b in [a - 4, a]); 98 of the 140 column pairs, so two groups.
+    assert conv._dx_groups(14, 10, 5) == [(0, 7, 0, 7), (7, 14, 3, 10)]
+    # conv1 in blocks of 4 (8 input columns): each half still needs all 4 outputs: one group.
+    assert conv._dx_groups(8, 4, 5) == [(0, 8, 0, 4)]
+    assert conv._dx_groups(1, 1, 1) == [(0, 1, 0, 1)]
+    for n_in, B, f_W in [(14, 10, 5), (11, 9, 3), (12, 8, 5), (7, 3, 5), (2, 2, 1)]:
+        groups = conv._dx_groups(n_in, B, f_W)
+        assert [a for g in groups for a in range(g[0], g[1])] == list(range(n_in))  # every input column once
+        for a0, a1, b0, b1 in groups:  # and every output whose band reaches it
+            assert {b for a in range(a0, a1) for b in range(B) if 0 <= a - b < f_W} <= set(range(b0, b1))
+
+
 def test_rows_block_choice():
     full = ((0, 0), (0, 0))
     # LeNet conv1: the full band is 32/5 = 6.4x the direct FLOPs -> blocks of f_W - 1 = 4 (8/5 = 1.6x)
