@@ -99,22 +99,27 @@ def machine() -> str:
     )
 
 
-def interleaved_rounds(runs: dict, rounds: int, steps: int, seed: int = 0) -> dict:
+def interleaved_rounds(runs: dict, rounds: int, steps: int, seed: int = 0, cores: dict | None = None) -> dict:
     """Seconds per step of each contender, one value per round: {key: [s, ...]}.
 
     runs: {key: run(n)}, each running n steps and blocking until they are done.
     Every round calls every run(steps) once, in a fresh random (seeded) order, so
     load from other processes, and threads a contender leaves spinning (PyTorch's
     OpenMP pool slowed whichever contender came right after it by 5-10%), hit all
-    of them alike.
+    of them alike. cores: a dict to fill with {key: [cores busy, ...]}, this
+    process's CPU time over the wall time of each round (2.0: both of 2 cores
+    busy throughout; threads left spinning by the previous contender count too).
     """
     keys, order = list(runs), np.random.default_rng(seed)
     times = {key: [] for key in keys}
     for _ in range(rounds):
         for i in order.permutation(len(keys)):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             runs[keys[i]](steps)
-            times[keys[i]].append((time.perf_counter() - start) / steps)
+            wall = time.perf_counter() - start
+            times[keys[i]].append(wall / steps)
+            if cores is not None:
+                cores.setdefault(keys[i], []).append((time.process_time() - cpu) / wall)
     return times
 
 

@@ -12,7 +12,8 @@ PyTorch's spinning threads hit all of them alike), warm-up excluded,
 
 Also measured in the same run: the first-step compile time (trace + compile +
 one step), the machine's float32 matmul peak (numpy's BLAS and XLA's dot), the
-model FLOPs per image and the fraction of peak each contender reaches, and the
+model FLOPs per image and the fraction of peak each contender reaches, the cores
+each keeps busy (process CPU time / wall time over its rounds, median), and the
 default step on all CPU devices (`jaxconv.parallel.make_parallel_train_step`, what
 `jaxconv train --cpu-devices N` runs: the batch sharded over a mesh axis "data",
 params replicated), and the default step with the gradient accumulated over
@@ -371,7 +372,8 @@ def measure_batch(batch, args, n_devices, peak):
         compile_s[name] = _timed(lambda: run(1))  # first step: trace + compile + one step
         run(args.warmup)  # warm-up, excluded
         runs[name] = run
-    times = _common.interleaved_rounds(runs, args.rounds, args.steps)
+    cores = {}
+    times = _common.interleaved_rounds(runs, args.rounds, args.steps, cores=cores)
     rows = []
     ref = "PyTorch eager" if "PyTorch eager" in times else None
     for name, ts in times.items():
@@ -388,6 +390,7 @@ def measure_batch(batch, args, n_devices, peak):
                 "compile_s": compile_s[name],
                 "gflop_per_s": gflops,
                 "fraction_of_peak": gflops / max(peak.values()),
+                "cores_busy": float(np.median(cores[name])),
                 "rounds": len(ts),
                 "min_ms": float(np.min(ts)) * 1e3,
                 "max_ms": float(np.max(ts)) * 1e3,
@@ -402,14 +405,14 @@ def format_table(rows, machine, peak, flops):
         f"float32 matmul peak: numpy {peak['numpy']:.0f} GFLOP/s, XLA dot {peak['xla']:.0f} GFLOP/s; "
         f"LeNet-5 training step: {flops / 1e6:.2f} MFLOP/image",
         "",
-        f"| {'contender':38s} | batch | images/s | vs PyTorch | ms/step | first step (s) | GFLOP/s | % of peak |",
-        f"|{'-' * 40}|------:|---------:|-----------:|--------:|---------------:|--------:|----------:|",
+        f"| {'contender':38s} | batch | images/s | vs PyTorch | ms/step | first step (s) | GFLOP/s | % of peak | cores busy |",
+        f"|{'-' * 40}|------:|---------:|-----------:|--------:|---------------:|--------:|----------:|-----------:|",
     ]
     for r in rows:
         vs = f"{r['vs_torch']:.2f}x" if r["vs_torch"] is not None else "-"
         lines.append(
             f"| {r['name']:38s} | {r['batch']:5d} | {r['images_per_s']:8.0f} | {vs:>10s} | {r['ms_per_step']:7.2f} | "
-            f"{r['compile_s']:14.2f} | {r['gflop_per_s']:7.1f} | {100 * r['fraction_of_peak']:8.1f}% |"
+            f"{r['compile_s']:14.2f} | {r['gflop_per_s']:7.1f} | {100 * r['fraction_of_peak']:8.1f}% | {r['cores_busy']:10.2f} |"
         )
     return "\n".join(lines)
 

@@ -71,6 +71,7 @@ def test_benchmark_quick(tmp_path):
         assert r["min_ms"] <= r["ms_per_step"] <= r["max_ms"]
         assert r["compile_s"] > 0
         assert 0 < r["fraction_of_peak"] < 1  # a LeNet step cannot beat the matmul peak
+        assert 0 < r["cores_busy"] <= (os.cpu_count() or 1) + 0.5  # CPU time / wall time, a little clock slack
         assert r["vs_torch"] is None  # --no-peers
     csv_lines = (tmp_path / "benchmark.csv").read_text().splitlines()
     assert csv_lines[0].startswith("name,batch,images_per_s") and len(csv_lines) == len(names) + 1
