@@ -89,7 +89,8 @@ def make_train_step(
       chunk_size: accumulate the gradient over chunks of this many examples
         (`lax.scan`), see `num_chunks`. The update is the same — J is the mean
         of the equal-sized chunks' means — only the schedule changes; "auto"
-        chunks batches above 128 on CPU, where that is faster.
+        chunks batches above 128 on CPU, where that is faster. Chunk i holds
+        rows i, i + n, i + 2n, ... (`_split`), so a sharded batch stays spread.
       donate: donate params and opt_state buffers to the step (they are
         replaced by its outputs, so XLA may update them in place).
       jit: return the compiled step (True) or the plain function (for wrapping
