@@ -119,7 +119,8 @@ def _runner(step, params, opt_state, x, y):
     return run
 
 
-def jaxconv_step(x, y, impl=None, sharded=False):
+def jaxconv_step(x, y, impl=None, sharded=False, chunk_size="auto"):
+    """jaxconv's LeNet-5 step (`make_train_step`; on all devices with `sharded`), chunk_size as there."""
     import jax
     import numpy as np
     import optax
@@ -132,49 +133,13 @@ def jaxconv_step(x, y, impl=None, sharded=False):
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
     if not sharded:
-        return _runner(make_train_step(model.apply, optimizer), params, opt_state, x, y)
+        return _runner(make_train_step(model.apply, optimizer, chunk_size=chunk_size), params, opt_state, x, y)
     from jaxconv import parallel  # what `jaxconv train --cpu-devices N` runs
 
     mesh = parallel.data_mesh()
-    step = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh)
+    step = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh, chunk_size=chunk_size)
     params, opt_state = parallel.replicate(mesh, (params, opt_state))
     return _runner(step, params, opt_state, *parallel.shard_batch(mesh, np.asarray(x), np.asarray(y)))
-
-
-def jaxconv_chunked_step(x, y, chunk):
-    """The default jaxconv LeNet-5 step with the gradient accumulated over chunks of `chunk` images (lax.scan).
-
-    Same update as `jaxconv_step` (J is the batch mean = the mean of the chunk means, chunks of equal
-    size); only the schedule changes: each chunk's forward and backward runs while its activations
-    are still in cache. What `make_train_step` would do with a chunk option.
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from jax import lax
-
-    from jaxconv.models import lenet5
-    from jaxconv.train import make_cost
-
-    model = lenet5()
-    _, params = model.init(jax.random.key(0), (-1, 32, 32, 1))
-    optimizer = optax.adam(1e-3)
-    J = make_cost(model.apply)
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        n = x.shape[0] // chunk
-        xs, ys = x.reshape(n, chunk, *x.shape[1:]), y.reshape(n, chunk, *y.shape[1:])
-
-        def body(total, xy):
-            (value, _), grads = jax.value_and_grad(J, has_aux=True)(params, *xy)
-            return jax.tree.map(jnp.add, total, grads), value
-
-        grads, values = lax.scan(body, jax.tree.map(jnp.zeros_like, params), (xs, ys))
-        updates, opt_state = optimizer.update(jax.tree.map(lambda g: g / n, grads), opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, values.mean()
-
-    return _runner(step, params, optimizer.init(params), x, y)
 
 
 def plain_jax_step(x, y):
@@ -345,7 +310,7 @@ def contenders(batch, args, n_devices):
         ("plain JAX (lax conv)", plain_jax_step),
     ]
     if batch > args.chunk and batch % args.chunk == 0:
-        out.append((f"jaxconv default, chunks of {args.chunk}", lambda x, y: jaxconv_chunked_step(x, y, args.chunk)))
+        out.append((f"jaxconv default, chunks of {args.chunk}", lambda x, y: jaxconv_step(x, y, chunk_size=args.chunk)))
     if n_devices > 1 and batch % n_devices == 0:
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_step(x, y, sharded=True)))
     if not args.no_peers:

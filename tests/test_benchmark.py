@@ -47,7 +47,7 @@ def test_chunked_step_equals_the_default_step():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((16, 32, 32, 1), dtype=np.float32))
     y = jnp.asarray(rng.integers(0, 10, 16).astype(np.int32))
-    whole, chunked = benchmark.jaxconv_step(x, y), benchmark.jaxconv_chunked_step(x, y, 4)
+    whole, chunked = benchmark.jaxconv_step(x, y, chunk_size=None), benchmark.jaxconv_step(x, y, chunk_size=4)
     whole(2), chunked(2)  # two Adam steps: same params up to float32 summation order
     for a, b in zip(jax.tree.leaves(whole.state[0]), jax.tree.leaves(chunked.state[0])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -12,11 +12,11 @@ on the same params and the same global batches.
 from __future__ import annotations
 
 import json
-from functools import partial
 import os
 import socket
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 
