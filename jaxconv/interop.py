@@ -249,7 +249,9 @@ def name_map(model, input_shape, mapping: Mapping | None = None) -> NameMap:
     state_layers = dict(_layer_leaves(state_like))
     kinds, flatten = _kinds(model), _flatten_inputs(model, concrete)
 
-    layers = _layer_leaves(params_like)
+    # jax.eval_shape returns dicts with sorted keys; put the layers back in the model's order.
+    order = {path: i for i, path in enumerate(kinds)}
+    layers = sorted(_layer_leaves(params_like), key=lambda item: order.get(item[0], len(order)))
     jax_paths = [".".join(p) for p, _ in layers]
     if mapping is None:
         module_of = {p: p for p in jax_paths}
