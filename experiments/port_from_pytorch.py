@@ -21,6 +21,7 @@ writes port_from_pytorch.json, port_from_pytorch.md and lenet5.safetensors into 
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import time
@@ -59,6 +60,57 @@ def torch_lenet5(num_classes: int = 10, in_channels: int = 1):
             return self.fc5(f.relu(self.fc4(f.relu(self.fc3(x)))))
 
     return LeNet5()
+
+
+def torch_resnet20(num_classes: int = 10, in_channels: int = 3):
+    """ResNet-20 in PyTorch with the module names of `models.resnet20`'s params.
+
+    conv1, bn1, stage{1,2,3}.block{1,2,3}.{conv_a, bn_a, conv_b, bn_b}, a 1x1 conv + BN projection
+    stage{2,3}.block1.shortcut.{conv, bn} (option B), global average pool, fc.
+    """
+    import torch.nn as tnn
+
+    class Shortcut(tnn.Module):
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            self.conv = tnn.Conv2d(n_in, n_out, 1, stride=2, bias=False)
+            self.bn = tnn.BatchNorm2d(n_out)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    class Block(tnn.Module):
+        def __init__(self, n_in, n_out, stride):
+            super().__init__()
+            self.conv_a = tnn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False)
+            self.bn_a = tnn.BatchNorm2d(n_out)
+            self.conv_b = tnn.Conv2d(n_out, n_out, 3, padding=1, bias=False)
+            self.bn_b = tnn.BatchNorm2d(n_out)
+            self.shortcut = Shortcut(n_in, n_out) if stride != 1 else None
+
+        def forward(self, x):
+            f = tnn.functional
+            y = self.bn_b(self.conv_b(f.relu(self.bn_a(self.conv_a(x)))))
+            return f.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+    class ResNet20(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(16)
+            n_in = 16
+            for i, n_C in enumerate((16, 32, 64), start=1):
+                blocks = {f"block{j}": Block(n_in if j == 1 else n_C, n_C, 2 if (i > 1 and j == 1) else 1) for j in (1, 2, 3)}
+                setattr(self, f"stage{i}", tnn.Sequential(collections.OrderedDict(blocks)))
+                n_in = n_C
+            self.fc = tnn.Linear(64, num_classes)
+
+        def forward(self, x):  # x (m, n_C, 32, 32), NCHW
+            x = tnn.functional.relu(self.bn1(self.conv1(x)))
+            x = self.stage3(self.stage2(self.stage1(x)))  # (m, 64, 8, 8)
+            return self.fc(x.mean(dim=(2, 3)))
+
+    return ResNet20()
 
 
 def torch_logits(net, x):
