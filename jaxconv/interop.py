@@ -13,7 +13,7 @@ Layouts (PyTorch -> jaxconv; the reverse is the inverse permutation):
 - Linear weight (n_out, n_in) -> (n_in, n_out). The first Linear after a flatten of an
   (n_C, n_H, n_W) activation also reorders its inputs: PyTorch flattens NCHW (index c·n_H·n_W +
   h·n_W + w), jaxconv flattens NHWC (index h·n_W·n_C + w·n_C + c). The name map reads (n_H, n_W, n_C)
-  off the model's summary shapes.
+  off the activation shapes the model's layers predict (those `jaxconv.summary` prints).
 - BatchNorm2d weight, bias -> params gamma, beta; running_mean, running_var -> state mean, var.
   num_batches_tracked is dropped on import and written on export as `num_batches_tracked`
   (an int64 scalar, 0 unless given).
@@ -192,24 +192,31 @@ def _kinds(layer, prefix=()) -> dict:
     return out
 
 
-def _flatten_inputs(model, input_shape) -> dict:
-    """{top-level layer name: (n_H, n_W, n_C)} for each dense layer fed by a Flatten of a 3-D activation.
+def _flatten_inputs(model, input_shape, params_like) -> dict:
+    """{top-level layer name: (n_H, n_W, n_C)} for each dense layer fed by a Flatten of a 4-D activation.
 
-    Read off `jaxconv.summary`'s activation shapes, so no model is hard-coded.
+    The activation shapes are the ones `init` predicts layer by layer (the shapes `jaxconv.summary`
+    prints), traced on shapes only, so no model is hard-coded and no layer is applied.
     """
-    children = dict(getattr(model, "children", ()) or ())
-    if not any(getattr(c, "kind", "") == "flatten" for c in children.values()):
+    children = tuple(getattr(model, "children", ()) or ())
+    if not any(getattr(c, "kind", "") == "flatten" for _, c in children):
         return {}
-    from jaxconv.summary import summary
+    inputs = []
 
-    rows = summary(model, input_shape)
+    def trace(key):
+        shape = input_shape
+        for name, child in children:
+            inputs.append((name, child, shape))
+            shape, _ = child.init(key, shape)
+        return 0
+
+    jax.eval_shape(trace, jax.random.key(0))
     out, pending = {}, None
-    for prev, row in zip(rows, rows[1:]):
-        kind = getattr(children.get(row.name), "kind", "")
-        if kind == "flatten" and len(prev.shape) == 3:
-            pending = prev.shape
-        elif row.params and pending is not None:
-            out[row.name] = pending  # the first layer with params after the flatten
+    for name, child, shape in inputs:
+        if getattr(child, "kind", "") == "flatten" and len(shape) == 4:
+            pending = tuple(shape[1:])  # (n_H, n_W, n_C)
+        elif jax.tree.leaves(params_like.get(name, {})) and pending is not None:
+            out[name] = pending  # the first layer with params after the flatten
             pending = None
     return out
 
@@ -247,7 +254,7 @@ def name_map(model, input_shape, mapping: Mapping | None = None) -> NameMap:
     init_state = getattr(model, "init_state", None)
     state_like = jax.eval_shape(lambda: init_state(concrete)[1]) if init_state is not None else {}
     state_layers = dict(_layer_leaves(state_like))
-    kinds, flatten = _kinds(model), _flatten_inputs(model, concrete)
+    kinds, flatten = _kinds(model), _flatten_inputs(model, concrete, params_like)
 
     # jax.eval_shape returns dicts with sorted keys; put the layers back in the model's order.
     order = {path: i for i, path in enumerate(kinds)}

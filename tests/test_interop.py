@@ -122,6 +122,8 @@ def test_torch_round_trip_bit_identical_and_logits_agree_both_ways(lenet):
     assert list(back) == list(sd)
     for name in sd:
         assert back[name].dtype == sd[name].dtype and torch.equal(back[name], sd[name]), name
+    naive = dict(params, fc3=dict(params["fc3"], w=jnp.asarray(sd["fc3.weight"].numpy().T)))  # no NCHW reorder
+    assert float(np.abs(np.asarray(apply(naive, X)) - torch_logits(net, X)).max()) > 100 * ATOL  # the silent bug
 
     _, params_j = model.init(jax.random.key(3), (-1, 32, 32, 1))  # jaxconv -> PyTorch
     net_j = torch_lenet5()
@@ -144,6 +146,34 @@ def test_safetensors_with_torch_names_loads_into_torch_module(lenet, tmp_path):
     p2, _ = interop.load_safetensors(path, rows=rows)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), p2, params))
     assert torch.equal(st_torch.load_file(path)["fc3.weight"], interop.to_torch(params, rows, tensors=True)["fc3.weight"])
+
+
+def test_conv_transpose_weight_is_the_hwio_filter_of_the_transposed_conv2d():
+    # Shared decision 2: ConvTranspose2d(n_C=3 -> n_C'=2) equals the input gradient of the conv2d
+    # that maps n_C'=2 -> n_C=3 with our filter w (f_H, f_W, n_C'/g, n_C) = weight.permute(2, 3, 1, 0).
+    torch = pytest.importorskip("torch")
+    from jaxconv.conv import conv2d
+
+    torch.manual_seed(0)
+    convt = torch.nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)
+
+    def init(key, input_shape):
+        return (input_shape[0], 7, 7, 2), {"w": jnp.zeros((3, 3, 2, 3), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
+
+    layer = types.SimpleNamespace(kind="conv_transpose", children=(), init=init)
+    model = types.SimpleNamespace(kind="serial", children=(("up", layer),), init=lambda k, s: (s, {"up": init(k, s)[1]}))
+    rows = interop.name_map(model, (-1, 4, 4, 3))
+    assert [(r.torch_name, r.conversion, r.torch_shape) for r in rows] == [("up.weight", "conv_transpose", (3, 2, 3, 3)), ("up.bias", "copy", (2,))]
+    params, _ = interop.from_torch({f"up.{k}": v for k, v in convt.state_dict().items()}, rows)
+    w, b = params["up"]["w"], params["up"]["b"]
+    x = X[:1, :4, :4, :1].repeat(3, axis=3) * np.array([1.0, -0.5, 2.0], np.float32)  # (1, 4, 4, 3)
+    _, vjp = jax.vjp(lambda z: conv2d(z, w, stride=2, padding=1, impl="lax"), jnp.zeros((1, 7, 7, 2), jnp.float32))
+    y = vjp(jnp.asarray(x))[0] + b  # (1, 7, 7, 2)
+    with torch.no_grad():
+        ref = convt(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(y), ref, atol=1e-5, rtol=0)
+    back = interop.to_torch(params, rows, tensors=True)
+    assert torch.equal(back["up.weight"], convt.weight.detach())
 
 
 def test_batchnorm_leaves_against_torch_batchnorm2d():
