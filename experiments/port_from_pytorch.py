@@ -13,7 +13,10 @@ Needs torch (pip install torch). Steps:
   3. the reverse: trains jaxconv's LeNet-5 for --steps steps, exports it with `to_torch` and through a
      safetensors file (`save_safetensors` with PyTorch names, read by `safetensors.torch.load_file`
      when the safetensors package is installed), loads it into a fresh PyTorch LeNet-5 and compares;
-  4. the round trip PyTorch -> jaxconv -> PyTorch, tensor by tensor (bit-identical expected).
+  4. the round trip PyTorch -> jaxconv -> PyTorch, tensor by tensor (bit-identical expected);
+  5. once `jaxconv.models.resnet20` exists: ResNet-20 (BatchNorm running statistics included) trained
+     --resnet-steps steps in PyTorch, ported, eval-mode logits compared; and a jaxconv-initialised
+     ResNet-20 (params and state) exported to PyTorch. --resnet-steps 0 skips training, -1 the part.
 
 Prints the name map and a table (direction, max |logit difference|, test accuracy of each side) and
 writes port_from_pytorch.json, port_from_pytorch.md and lenet5.safetensors into --out.
@@ -152,12 +155,41 @@ def train_jax(model, params, x, y, steps, batch_size, lr, seed):
     return params
 
 
+def port_resnet20(args, x_train, y_train, x_test, accuracy):
+    """ResNet-20 both ways, in eval mode (BatchNorm with running statistics): rows of the table, round trip ok."""
+    import torch
+
+    model = models.resnet20(in_channels=1, impl="lax")
+    rows = interop.name_map(model, (-1, 32, 32, 1))
+
+    def jax_logits(params, state):
+        return np.asarray(jax.jit(lambda p, s, x: model.apply(p, x, state=s, train=False)[0])(params, state, jnp.asarray(x_test)))
+
+    torch.manual_seed(args.seed)
+    net = train_torch(torch_resnet20(in_channels=1), x_train, y_train, args.resnet_steps, args.batch_size, args.lr, args.seed).eval()
+    sd = net.state_dict()
+    params, state = interop.from_torch(sd, rows)
+    lt, lj = torch_logits(net, x_test), jax_logits(params, state)
+    results = [(f"ResNet-20 PyTorch-trained ({args.resnet_steps} steps) -> jaxconv", float(np.abs(lt - lj).max()), accuracy(lt), accuracy(lj))]
+    back = interop.to_torch(params, rows, state, num_batches_tracked=int(sd["bn1.num_batches_tracked"]))
+    identical = set(back) == set(sd) and all(np.array_equal(sd[k].numpy(), back[k]) and sd[k].numpy().dtype == back[k].dtype for k in sd)
+
+    _, params_j = model.init(jax.random.key(args.seed), (-1, 32, 32, 1))
+    _, state_j = model.init_state((-1, 32, 32, 1))
+    net_j = torch_resnet20(in_channels=1)
+    net_j.load_state_dict(interop.to_torch(params_j, rows, state_j, tensors=True))
+    lt, lj = torch_logits(net_j.eval(), x_test), jax_logits(params_j, state_j)
+    results.append(("ResNet-20 jaxconv-initialised -> PyTorch", float(np.abs(lt - lj).max()), accuracy(lt), accuracy(lj)))
+    return results, identical
+
+
 def main(argv=None):
     p = _common.parser(__doc__, "runs/port_from_pytorch")
     p.add_argument("--steps", type=int, default=200, help="training steps on each side (default 200: a few epochs' worth)")
     p.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of both initialisations and batch orders")
+    p.add_argument("--resnet-steps", type=int, default=20, help="PyTorch ResNet-20 training steps (default 20: enough to move BatchNorm's statistics; -1 skips ResNet-20)")
     args = p.parse_args(argv)
     try:
         import torch
@@ -210,6 +242,13 @@ def main(argv=None):
         results.append(("jaxconv-trained -> PyTorch (safetensors)", float(np.abs(lt - lj).max()), accuracy(lt), accuracy(lj)))
     except ImportError:
         print("safetensors.torch not importable: the safetensors check is skipped (pip install safetensors)")
+
+    if args.resnet_steps >= 0 and hasattr(models, "resnet20"):
+        resnet_results, resnet_identical = port_resnet20(args, x_train, y_train, x_test, accuracy)
+        results += resnet_results
+        identical = identical and resnet_identical
+    elif args.resnet_steps >= 0:
+        print("models.resnet20 does not exist yet: the ResNet-20 part is skipped")
 
     header = ("direction", "max |logit diff|", "PyTorch test acc", "jaxconv test acc")
     table = [(d, _common.fmt(diff), f"{at:.4f}", f"{aj:.4f}") for d, diff, at, aj in results]

@@ -393,7 +393,7 @@ def test_port_from_pytorch_script_quick(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "port"
     run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "port_from_pytorch.py"), "--steps", "2", "--out", str(out)],
+        [sys.executable, os.path.join(ROOT, "experiments", "port_from_pytorch.py"), "--steps", "2", "--resnet-steps", "2", "--out", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT},
     )
     assert run.returncode == 0, run.stdout + run.stderr
