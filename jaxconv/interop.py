@@ -27,7 +27,6 @@ atomically (temporary file, fsync, rename).
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Mapping

@@ -334,7 +334,11 @@ def test_to_torch_names_missing_and_misshaped_leaves(lenet):
 
 def test_name_map_errors(lenet):
     model, _, _ = lenet
-    with pytest.raises(ValueError, match=r"name_map: `mapping` must name each jaxconv layer with params once: unmapped \['fc4', 'fc5'\], unknown jaxconv paths \['fc9'\], mapped more than once \['conv1'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"name_map: `mapping` must name each jaxconv layer with params once: unmapped \['fc4', 'fc5'\], "
+        r"unknown jaxconv paths \['fc9'\], mapped more than once \['conv1'\]",
+    ):
         interop.name_map(model, (-1, 32, 32, 1), {"a": "conv1", "a2": "conv1", "b": "conv2", "c": "fc3", "d": "fc9"})
     with pytest.raises(TypeError, match=r"name_map: `mapping` must be a dict \{torch module name: jaxconv path\}, got list"):
         interop.name_map(model, (-1, 32, 32, 1), [("a", "conv1")])
@@ -377,7 +381,11 @@ def test_safetensors_errors(lenet, tmp_path):
     bad = dict(params, conv1={"w": params["conv1"]["w"][:3], "b": params["conv1"]["b"].astype(jnp.float16)})
     interop.save_safetensors(path, bad)
     dtype = np.dtype(params["conv1"]["w"].dtype)  # float32 (or JAX's default float, if the layers follow it)
-    with pytest.raises(ValueError, match=rf"mis-shaped \['conv1.b \(6,\) float16 \(expected \(6,\) {dtype}\)', 'conv1.w \(3, 5, 1, 6\) {dtype} \(expected \(5, 5, 1, 6\) {dtype}\)'\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"mis-shaped \['conv1.b \(6,\) float16 \(expected \(6,\) {dtype}\)', "
+        rf"'conv1.w \(3, 5, 1, 6\) {dtype} \(expected \(5, 5, 1, 6\) {dtype}\)'\]",
+    ):
         interop.load_safetensors(path, params)
     with pytest.raises(ValueError, match=r"save_safetensors: param key 'a.b' at conv1 must be a non-empty str without '.'; rename it"):
         interop.save_safetensors(path, {"conv1": {"a.b": jnp.ones(1)}})
