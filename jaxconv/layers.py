@@ -210,7 +210,33 @@ def _elementwise(name, kind, fn) -> Callable[[], Layer]:
     return constructor
 
 
+def _activation(name, kind, fn) -> Callable[..., Layer]:
+    """A layer constructor for an activation with options, e.g. LeakyRelu(negative_slope=0.2)."""
+
+    def constructor(*args, **options) -> Layer:
+        fn(jax.numpy.zeros(()), *args, **options)  # checks the options now, at construction
+
+        def init(key, input_shape):
+            return tuple(input_shape), {}
+
+        def apply(params, x, **kwargs):
+            _check_params(name, params, ())
+            return fn(x, *args, **options)
+
+        return _layer(kind, init, apply)
+
+    constructor.__name__ = constructor.__qualname__ = name
+    constructor.__doc__ = f"Elementwise {kind} layer (no parameters); options as for `jaxconv.nn.{fn.__name__}`."
+    return constructor
+
+
 Relu = _elementwise("Relu", "relu", nn.relu)
+LeakyRelu = _activation("LeakyRelu", "leaky_relu", nn.leaky_relu)
+Relu6 = _elementwise("Relu6", "relu6", nn.relu6)
+Gelu = _activation("Gelu", "gelu", nn.gelu)
+Elu = _activation("Elu", "elu", nn.elu)
+Softplus = _activation("Softplus", "softplus", nn.softplus)
+Silu = _elementwise("Silu", "silu", nn.silu)
 Tanh = _elementwise("Tanh", "tanh", nn.tanh)
 Sigmoid = _elementwise("Sigmoid", "sigmoid", nn.sigmoid)
 Softmax = _elementwise("Softmax", "softmax", nn.softmax)
