@@ -11,6 +11,8 @@ from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv._platform import cpu_devices
 from jaxconv.conv import conv2d
 from jaxconv.layers import (
+    AdaptiveAvgPool,
+    AdaptiveMaxPool,
     AvgPool,
     Conv2D,
     Dense,
@@ -50,12 +52,16 @@ from jaxconv.nn import (
     swish,
     tanh,
 )
-from jaxconv.pool import avg_pool, global_avg_pool, max_pool
+from jaxconv.pool import adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool, max_pool
 from jaxconv.summary import SummaryRow, count_params, format_summary, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "adaptive_max_pool",
+    "adaptive_avg_pool",
+    "AdaptiveMaxPool",
+    "AdaptiveAvgPool",
     "swish",
     "softplus",
     "silu",
