@@ -235,7 +235,7 @@ def avg_pool(x, window=2, stride=None, padding=0, count_include_pad=True, ceil_m
       count_include_pad: divide every window by the number of its pixels inside
         the padded input (True; f_H·f_W except where ceil mode overhangs), or by
         the number of real, unpadded pixels in it (False).
-      divisor_override: a positive int to divide every window's sum by instead.
+      divisor_override: a nonzero int to divide every window's sum by instead.
 
     Returns:
       (m, n_H', n_W', n_C).
@@ -247,9 +247,12 @@ def avg_pool(x, window=2, stride=None, padding=0, count_include_pad=True, ceil_m
     x, single = _args.check_rank(x, "avg_pool")
     f, s, pads, out_shape = pool_geometry(x.shape, window, stride, padding, "avg_pool", 1, ceil_mode)
     if divisor_override is not None and (
-        isinstance(divisor_override, bool) or not isinstance(divisor_override, int) or divisor_override < 1
+        isinstance(divisor_override, bool) or not isinstance(divisor_override, int) or divisor_override == 0
     ):
-        raise ValueError(f"avg_pool: `divisor_override` must be None or an int >= 1, got {divisor_override!r}.")
+        raise ValueError(
+            f"avg_pool: `divisor_override` must be None or a nonzero int (as PyTorch), got {divisor_override!r}; "
+            f"use None to divide by the window's pixel count."
+        )
     if not ceil_mode and divisor_override is None:
         total = _reduce(x, 0.0, lax.add, f, s, pads)  # (m, n_H', n_W', n_C)
         if count_include_pad or pads == ((0, 0), (0, 0)):

@@ -281,7 +281,7 @@ def test_pool_layers_with_options():
     [
         (lambda x: max_pool(x, 2, dilation=0), ValueError, r"max_pool: `dilation` must be >= 1, got 0"),
         (lambda x: max_pool(x, 2, ceil_mode=1), TypeError, r"max_pool: `ceil_mode` must be True or False, got 1"),
-        (lambda x: avg_pool(x, 2, divisor_override=0), ValueError, r"avg_pool: `divisor_override` must be None or an int >= 1, got 0"),
+        (lambda x: avg_pool(x, 2, divisor_override=0), ValueError, r"avg_pool: `divisor_override` must be None or a nonzero int \(as PyTorch\), got 0"),
         (lambda x: max_pool(x, 8, stride=1, ceil_mode=True), ValueError, r"max_pool: the window spans 8 pixels in height"),
         (lambda x: adaptive_avg_pool(x, 0), ValueError, r"adaptive_avg_pool: `output_size` must be >= 1"),
         (lambda x: adaptive_max_pool(x, "2"), TypeError, r"adaptive_max_pool: `output_size` must be an int or a pair"),
