@@ -63,8 +63,8 @@ def _number(op, name, value):
 def leaky_relu(z, negative_slope=0.01):
     """z for z > 0, negative_slope·z otherwise (slope also at 0, as PyTorch). z: any shape -> same shape.
 
-    >>> leaky_relu(jnp.array([-2.0, 3.0]), 0.1).tolist()
-    [-0.2, 3.0]
+    >>> leaky_relu(jnp.array([-2.0, 3.0]), 0.5).tolist()
+    [-1.0, 3.0]
     """
     a = _number("leaky_relu", "negative_slope", negative_slope)
     return jnp.where(z > 0, z, a * z)
