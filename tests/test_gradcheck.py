@@ -60,6 +60,22 @@ def _cost(impl):
     return lambda params, x, y: make_cost(net.apply)(params, x, y)[0]
 
 
+def test_small_model_cost_hand_vs_lax():
+    # A whole model's cost in the default suite: conv, relu, pool, dense, cross-entropy.
+    from jaxconv import Dense, Flatten, MaxPool, Relu, serial
+
+    def cost(impl):
+        net = serial(Conv2D(2, 3, impl=impl), Relu(), MaxPool(2), Flatten(), Dense(3))
+        return net, lambda params, x, y: make_cost(net.apply)(params, x, y)[0]
+
+    net, cost_hand = cost("hand")
+    _, params = net.init(jax.random.key(0), (-1, 6, 6, 1))
+    x, y = RNG.standard_normal((2, 6, 6, 1)), np.array([0, 2])
+    report = gradcheck(cost_hand, (params, x, y), reference=cost("lax")[1], directions=2)
+    assert [r.path for r in report.rows[::2]] == ["conv1/b", "conv1/w", "fc1/b", "fc1/w"]
+    assert report.max_rel("reference") < 1e-12 and report.max_rel("finite differences") < 1e-7
+
+
 @pytest.mark.slow
 def test_lenet5_cost_hand_vs_lax_vs_finite_differences():
     _, params = models.lenet5().init(jax.random.key(0), (-1, 32, 32, 1))
