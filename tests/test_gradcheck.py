@@ -119,3 +119,21 @@ def test_gradcheck_errors(kwargs, error, match):
     call.update(kwargs)
     with pytest.raises(error, match=match):
         gradcheck(call.pop("f"), call.pop("args"), **call)
+
+
+@pytest.mark.slow
+def test_readme_gradcheck_example_runs():
+    # The README's "Gradient checking" block, in a fresh interpreter (x64 off, as a user runs it).
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    section = (root / "README.md").read_text().split("## Gradient checking", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr
+    rows = run.stdout.splitlines()[1:]
+    assert len(rows) == 20 and all(row.endswith("yes") for row in rows), run.stdout
