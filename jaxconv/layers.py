@@ -143,27 +143,55 @@ def Dense(n_out: int, use_bias: bool = True, w_init=initializers.he_normal, b_in
     return _layer("fc", init, apply)
 
 
-def _pool_layer(op, kind, fn, window, stride, padding, **extra):
+def _pool_layer(op, kind, fn, window, stride, padding, geometry=None, **extra):
+    geometry = geometry or {}  # the options that change the output shape: dilation, ceil_mode
+
     def init(key, input_shape):
         shape = _check_shape(op, input_shape, 4, "(m, n_H, n_W, n_C)")
-        *_, out_shape = pool.pool_geometry(_with_batch(shape), window, stride, padding, op)
+        *_, out_shape = pool.pool_geometry(_with_batch(shape), window, stride, padding, op, **geometry)
         return (shape[0], *out_shape[1:]), {}
 
     def apply(params, x, **kwargs):
         _check_params(op, params, ())
-        return fn(x, window, stride, padding, **extra)
+        return fn(x, window, stride, padding, **geometry, **extra)
 
     return _layer(kind, init, apply)
 
 
-def MaxPool(window=2, stride=None, padding=0) -> Layer:
-    """Max pooling layer (no parameters); stride defaults to the window."""
-    return _pool_layer("MaxPool", "pool", pool.max_pool, window, stride, padding)
+def MaxPool(window=2, stride=None, padding=0, dilation=1, ceil_mode=False) -> Layer:
+    """Max pooling layer (no parameters); stride defaults to the window. Options as for `pool.max_pool`."""
+    return _pool_layer("MaxPool", "pool", pool.max_pool, window, stride, padding, dict(dilation=dilation, ceil_mode=ceil_mode))
 
 
-def AvgPool(window=2, stride=None, padding=0, count_include_pad=True) -> Layer:
-    """Average pooling layer (no parameters); stride defaults to the window."""
-    return _pool_layer("AvgPool", "pool", pool.avg_pool, window, stride, padding, count_include_pad=count_include_pad)
+def AvgPool(window=2, stride=None, padding=0, count_include_pad=True, ceil_mode=False, divisor_override=None) -> Layer:
+    """Average pooling layer (no parameters); stride defaults to the window. Options as for `pool.avg_pool`."""
+    return _pool_layer(
+        "AvgPool", "pool", pool.avg_pool, window, stride, padding, dict(ceil_mode=ceil_mode),
+        count_include_pad=count_include_pad, divisor_override=divisor_override,
+    )
+
+
+def _adaptive_layer(op, fn, output_size) -> Layer:
+    def init(key, input_shape):
+        shape = _check_shape(op, input_shape, 4, "(m, n_H, n_W, n_C)")
+        n_out = pool._adaptive_sizes(shape, output_size, op)
+        return (shape[0], *n_out, shape[3]), {}
+
+    def apply(params, x, **kwargs):
+        _check_params(op, params, ())
+        return fn(x, output_size)
+
+    return _layer("pool", init, apply)
+
+
+def AdaptiveAvgPool(output_size) -> Layer:
+    """(m, n_H, n_W, n_C) -> (m, n_H', n_W', n_C) by averaging PyTorch's adaptive windows; see `pool.adaptive_avg_pool`."""
+    return _adaptive_layer("AdaptiveAvgPool", pool.adaptive_avg_pool, output_size)
+
+
+def AdaptiveMaxPool(output_size) -> Layer:
+    """(m, n_H, n_W, n_C) -> (m, n_H', n_W', n_C), the max of PyTorch's adaptive windows; see `pool.adaptive_max_pool`."""
+    return _adaptive_layer("AdaptiveMaxPool", pool.adaptive_max_pool, output_size)
 
 
 def GlobalAvgPool() -> Layer:
@@ -210,7 +238,33 @@ def _elementwise(name, kind, fn) -> Callable[[], Layer]:
     return constructor
 
 
+def _activation(name, kind, fn) -> Callable[..., Layer]:
+    """A layer constructor for an activation with options, e.g. LeakyRelu(negative_slope=0.2)."""
+
+    def constructor(*args, **options) -> Layer:
+        fn(jax.numpy.zeros(()), *args, **options)  # checks the options now, at construction
+
+        def init(key, input_shape):
+            return tuple(input_shape), {}
+
+        def apply(params, x, **kwargs):
+            _check_params(name, params, ())
+            return fn(x, *args, **options)
+
+        return _layer(kind, init, apply)
+
+    constructor.__name__ = constructor.__qualname__ = name
+    constructor.__doc__ = f"Elementwise {kind} layer (no parameters); options as for `jaxconv.nn.{fn.__name__}`."
+    return constructor
+
+
 Relu = _elementwise("Relu", "relu", nn.relu)
+LeakyRelu = _activation("LeakyRelu", "leaky_relu", nn.leaky_relu)
+Relu6 = _elementwise("Relu6", "relu6", nn.relu6)
+Gelu = _activation("Gelu", "gelu", nn.gelu)
+Elu = _activation("Elu", "elu", nn.elu)
+Softplus = _activation("Softplus", "softplus", nn.softplus)
+Silu = _elementwise("Silu", "silu", nn.silu)
 Tanh = _elementwise("Tanh", "tanh", nn.tanh)
 Sigmoid = _elementwise("Sigmoid", "sigmoid", nn.sigmoid)
 Softmax = _elementwise("Softmax", "softmax", nn.softmax)

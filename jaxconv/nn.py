@@ -48,10 +48,68 @@ def flatten(x):
     return x.reshape(x.shape[0], -1)
 
 
-# Activations: elementwise, any shape.
+# Activations: elementwise, any shape; each derivative (at the kinks too) is PyTorch's.
 relu = jax.nn.relu
 sigmoid = jax.nn.sigmoid
 tanh = jnp.tanh
+
+
+def _number(op, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: `{name}` must be a Python number, got {value!r}; pass e.g. {name}=1.0.")
+    return float(value)
+
+
+def leaky_relu(z, negative_slope=0.01):
+    """z for z > 0, negative_slope·z otherwise (slope also at 0, as PyTorch). z: any shape -> same shape.
+
+    >>> leaky_relu(jnp.array([-2.0, 3.0]), 0.5).tolist()
+    [-1.0, 3.0]
+    """
+    a = _number("leaky_relu", "negative_slope", negative_slope)
+    return jnp.where(z > 0, z, a * z)
+
+
+def relu6(z):
+    """min(max(z, 0), 6); derivative 1 on (0, 6), 0 elsewhere (kinks included, as PyTorch). Any shape."""
+    return jnp.where(z <= 0, jnp.zeros_like(z), jnp.where(z >= 6, jnp.full_like(z, 6), z))
+
+
+def gelu(z, approximate=False):
+    """z·Φ(z), Φ the standard normal CDF: z·(1 + erf(z/√2))/2. Any shape -> same shape.
+
+    approximate=True: z·(1 + tanh(√(2/π)(z + 0.044715 z³)))/2 (PyTorch's approximate="tanh").
+    Note jax.nn.gelu defaults to the approximation; this follows PyTorch's exact default.
+    """
+    if not isinstance(approximate, bool):
+        raise TypeError(
+            f"gelu: `approximate` must be True or False, got {approximate!r}; for PyTorch's approximate='tanh' pass True."
+        )
+    return jax.nn.gelu(z, approximate=approximate)
+
+
+def elu(z, alpha=1.0):
+    """z for z > 0, alpha·(eᶻ − 1) otherwise. Any shape -> same shape."""
+    a = _number("elu", "alpha", alpha)
+    return jnp.where(z > 0, z, a * jnp.expm1(jnp.where(z > 0, 0, z)))  # inner where: no overflow in the unused branch
+
+
+def softplus(z, beta=1.0, threshold=20.0):
+    """log(1 + e^{βz})/β, a smooth relu; z itself where βz > threshold (PyTorch's rule). Any shape."""
+    b = _number("softplus", "beta", beta)
+    t = _number("softplus", "threshold", threshold)
+    if b <= 0:
+        raise ValueError(f"softplus: `beta` must be > 0, got {beta!r}; use beta=1.0 for the plain softplus.")
+    bz = b * z
+    return jnp.where(bz > t, z, jnp.log1p(jnp.exp(jnp.where(bz > t, t, bz))) / b)  # inner where: no overflow
+
+
+def silu(z):
+    """z·σ(z), also called swish. Any shape -> same shape."""
+    return jax.nn.silu(z)
+
+
+swish = silu
 
 
 def softmax(z, axis=-1):

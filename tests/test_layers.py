@@ -262,3 +262,19 @@ def test_cost_gradient_matches_finite_differences(pool_layer):
     assert len(idx) == sum(min(n, 4) for n in sizes) and np.linalg.norm(g) > 1e-3  # every array; not vacuous
     print(f"relative error {_rel_error(g, g_num):.2e} over {len(idx)} entries")
     assert _rel_error(g, g_num) < 1e-7, (g, g_num)
+
+
+def test_activation_layers_apply_their_function_and_name_themselves():
+    from jaxconv import Elu, Gelu, LeakyRelu, Relu6, Silu, Softplus, elu, gelu, leaky_relu, relu6, silu, softplus, serial
+
+    x = np.linspace(-7, 7, 12).reshape(1, 2, 2, 3)
+    layers = [(LeakyRelu(0.3), leaky_relu(x, 0.3)), (Relu6(), relu6(x)), (Gelu(approximate=True), gelu(x, True)),
+              (Elu(alpha=2.0), elu(x, 2.0)), (Softplus(beta=3.0), softplus(x, 3.0)), (Silu(), silu(x))]
+    for layer, expected in layers:
+        shape, params = layer.init(jax.random.key(0), (-1, 2, 2, 3))
+        assert shape == (-1, 2, 2, 3) and params == {}
+        np.testing.assert_array_equal(layer.apply(params, x), expected)
+    _, params = serial(*(layer for layer, _ in layers)).init(jax.random.key(0), (-1, 2, 2, 3))
+    assert list(params) == ["leaky_relu1", "relu61", "gelu1", "elu1", "softplus1", "silu1"]
+    with pytest.raises(ValueError, match=r"softplus: `beta` must be > 0"):
+        Softplus(beta=-1.0)  # checked at construction

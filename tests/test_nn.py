@@ -117,3 +117,66 @@ def test_accuracy():
     y[0] = (y[0] + 1) % 5
     assert float(accuracy(Z, y)) == 0.75
     assert float(accuracy(Z, np.eye(5)[y])) == 0.75
+
+
+# ---------------------------------------------------------------------------
+# Activations with options: PyTorch (forward and gradient, float32 and float64) and the reference.
+# ---------------------------------------------------------------------------
+
+from jaxconv import elu, gelu, leaky_relu, relu6, silu, softplus, swish  # noqa: E402
+
+ACTIVATIONS = [  # (ours, kwargs, reference name, torch name, torch kwargs)
+    (leaky_relu, {}, "leaky_relu", "leaky_relu", {}),
+    (leaky_relu, dict(negative_slope=0.2), "leaky_relu", "leaky_relu", dict(negative_slope=0.2)),
+    (relu6, {}, "relu6", "relu6", {}),
+    (gelu, {}, "gelu", "gelu", {}),
+    (gelu, dict(approximate=True), "gelu", "gelu", dict(approximate="tanh")),
+    (elu, dict(alpha=0.7), "elu", "elu", dict(alpha=0.7)),
+    (softplus, {}, "softplus", "softplus", {}),
+    (softplus, dict(beta=2.0, threshold=5.0), "softplus", "softplus", dict(beta=2.0, threshold=5.0)),
+    (silu, {}, "silu", "silu", {}),
+]
+# Includes the kinks 0 and 6 exactly (PyTorch's one-sided choices there) and the softplus threshold.
+Z_ACT = np.concatenate([np.linspace(-8, 8, 33), [0.0, 6.0, 2.5, 2.4999, 25.0, -30.0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fn, kw, ref_name, torch_name, torch_kw", ACTIVATIONS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_activation_matches_torch_and_reference(fn, kw, ref_name, torch_name, torch_kw, dtype):
+    torch = pytest.importorskip("torch")
+    z = Z_ACT.astype(dtype)
+    zt = torch.from_numpy(z).requires_grad_(True)
+    yt = getattr(torch.nn.functional, torch_name)(zt, **torch_kw)
+    yt.sum().backward()
+    y, vjp = jax.vjp(lambda z: fn(z, **kw), z)
+    (g,) = vjp(np.ones_like(z))
+    assert y.dtype == dtype and g.dtype == dtype
+    np.testing.assert_allclose(y, yt.detach().numpy(), **ref.tol(dtype))
+    np.testing.assert_allclose(g, zt.grad.numpy(), **ref.tol(dtype, grad=True))
+    np.testing.assert_allclose(y, getattr(ref, ref_name)(z, **kw), **ref.tol(dtype))
+    np.testing.assert_allclose(g, ref.activation_grad(ref_name, z, **kw), **ref.tol(dtype, grad=True))
+
+
+def test_activation_hand_computed_values():
+    np.testing.assert_allclose(leaky_relu(np.array([-2.0, 3.0]), 0.1), [-0.2, 3.0], rtol=1e-15)
+    np.testing.assert_array_equal(relu6(np.array([-1.0, 3.0, 9.0])), [0.0, 3.0, 6.0])
+    np.testing.assert_allclose(gelu(np.array([0.0, 1.0])), [0.0, 0.8413447460685429], rtol=1e-12)  # Φ(1)
+    np.testing.assert_allclose(elu(np.array([-np.inf, 2.0]), alpha=0.5), [-0.5, 2.0], rtol=1e-15)
+    np.testing.assert_allclose(softplus(np.array([0.0])), [np.log(2)], rtol=1e-15)
+    np.testing.assert_allclose(silu(np.array([1.0])), [1 / (1 + np.exp(-1))], rtol=1e-15)
+    assert swish is silu
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: gelu(Z, approximate="tanh"), TypeError, r"gelu: `approximate` must be True or False, got 'tanh'"),
+        (lambda: softplus(Z, beta=0), ValueError, r"softplus: `beta` must be > 0, got 0"),
+        (lambda: softplus(Z, threshold="20"), TypeError, r"softplus: `threshold` must be a Python number"),
+        (lambda: leaky_relu(Z, negative_slope=None), TypeError, r"leaky_relu: `negative_slope` must be a Python number"),
+        (lambda: elu(Z, alpha=True), TypeError, r"elu: `alpha` must be a Python number, got True"),
+    ],
+)
+def test_activation_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -166,3 +166,128 @@ def test_max_pool_matches_torch_with_ties(case):
     y, vjp = jax.vjp(lambda x: max_pool(x, **case), x)
     np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=0, atol=0)
     np.testing.assert_allclose(vjp(dy_nhwc)[0], xt.grad.numpy().transpose(0, 2, 3, 1), **ref.tol(np.float64, grad=True))
+
+
+# ---------------------------------------------------------------------------
+# PyTorch's options (#12): ceil_mode, dilation, return_indices, divisor_override, adaptive pools,
+# against the float64 reference (itself checked against PyTorch in test_reference.py).
+# ---------------------------------------------------------------------------
+
+from jaxconv import adaptive_avg_pool, adaptive_max_pool  # noqa: E402
+from jaxconv import pool  # noqa: E402
+
+OPTION_CASES = [
+    dict(window=3, stride=2, padding=1, ceil_mode=True),
+    dict(window=(2, 3), stride=(3, 2), padding=((1, 0), (0, 1)), ceil_mode=True),  # asymmetric padding
+    dict(window=2, stride=3, padding=0, ceil_mode=True),  # a ceil window that would start in the padding is dropped
+    dict(window=2, stride=1, padding=1, dilation=2),
+    dict(window=(3, 2), stride=2, padding=1, dilation=(2, 3), ceil_mode=True),
+]
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=str)
+def test_max_pool_options_match_reference(case):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, SHAPE).astype(np.float64)  # ties
+    y_ref, idx_ref = ref.max_pool(x, **case, return_indices=True)
+    dy = rng.standard_normal(y_ref.shape)
+    y, idx = max_pool(x, **case, return_indices=True)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    _, vjp = jax.vjp(lambda x: max_pool(x, **case), x)
+    np.testing.assert_allclose(vjp(dy)[0], ref.max_pool_vjp(x, dy, **case), **ref.tol(np.float64, grad=True))
+    assert max_pool(x, **case).shape == pool.pool_geometry(x.shape, case["window"], case["stride"], case["padding"],
+                                                           "max_pool", case.get("dilation", 1),
+                                                           case.get("ceil_mode", False))[3]
+
+
+@pytest.mark.parametrize("incl", [True, False])
+@pytest.mark.parametrize("case", [c for c in OPTION_CASES if "dilation" not in c]
+                         + [dict(window=3, stride=2, padding=1, divisor_override=4)], ids=str)
+def test_avg_pool_options_match_reference(case, incl):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(SHAPE)
+    y_ref = ref.avg_pool(x, **case, count_include_pad=incl)
+    dy = rng.standard_normal(y_ref.shape)
+    y, vjp = jax.vjp(lambda x: avg_pool(x, **case, count_include_pad=incl), x)
+    np.testing.assert_allclose(y, y_ref, **ref.tol(np.float64))
+    np.testing.assert_allclose(vjp(dy)[0], ref.avg_pool_vjp(x, dy, **case, count_include_pad=incl),
+                               **ref.tol(np.float64, grad=True))
+
+
+# (3, 4): uneven overlapping windows on both axes; (7, 2): divides evenly, the tiled path; (None, 3): keep n_H.
+@pytest.mark.parametrize("out", [(3, 4), (7, 2), (None, 3)], ids=str)
+def test_adaptive_pools_match_reference(out):
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 3, SHAPE).astype(np.float64)  # ties: the first maximum in row-major order must win
+    size = (SHAPE[1] if out[0] is None else out[0], out[1]) if isinstance(out, tuple) else out
+    y_ref, idx_ref = ref.adaptive_max_pool(x, size, return_indices=True)
+    dy = rng.standard_normal(y_ref.shape)
+    (y, idx) = adaptive_max_pool(x, out, return_indices=True)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    _, vjp = jax.vjp(lambda x: adaptive_max_pool(x, out), x)
+    np.testing.assert_allclose(vjp(dy)[0], ref.max_unpool(dy, idx_ref, x.shape), **ref.tol(np.float64, grad=True))
+    y, vjp = jax.vjp(lambda x: adaptive_avg_pool(x, out), x)
+    np.testing.assert_allclose(y, ref.adaptive_avg_pool(x, size), **ref.tol(np.float64))
+    # The gradient of a mean over window i is 1/len(window) on it: check with finite differences of the reference.
+    v = rng.standard_normal(x.shape)
+    fd = ((ref.adaptive_avg_pool(x + 1e-6 * v, size) - ref.adaptive_avg_pool(x - 1e-6 * v, size)) * dy).sum() / 2e-6
+    np.testing.assert_allclose((vjp(dy)[0] * v).sum(), fd, rtol=1e-7)
+    assert adaptive_avg_pool(x[0], out).shape == y.shape[1:]  # one example
+
+
+def test_adaptive_pools_hand_computed():
+    x = jnp.arange(5.0).reshape(1, 5, 1)  # one example (n_H, n_W, n_C) = (1, 5, 1); windows [0,2) [1,4) [3,5)
+    np.testing.assert_allclose(adaptive_avg_pool(x, (1, 3))[..., 0], [[0.5, 2.0, 3.5]], rtol=1e-7)
+    y, idx = adaptive_max_pool(x, (1, 3), return_indices=True)
+    np.testing.assert_array_equal(y[..., 0], [[1.0, 3.0, 4.0]])
+    np.testing.assert_array_equal(idx[..., 0], [[1, 3, 4]])
+
+
+def test_max_pool_return_indices_hand_computed():
+    x = jnp.asarray(np.asarray(POOL_4x4, np.float32)[None, :, :, None])
+    y, idx = max_pool(x, return_indices=True)
+    np.testing.assert_array_equal(idx[0, :, :, 0], [[5, 2], [13, 11]])  # 9 at (1, 1) = 1·4 + 1, ...
+    assert idx.dtype == jnp.int32
+
+
+def test_default_max_pool_keeps_the_tiled_path():
+    # LeNet's 2x2 pool: the reshape-and-max with its hand-written backward, no reduce_window, options or not.
+    x = jnp.zeros((2, 28, 28, 6))
+    for kw in ({}, dict(dilation=1, ceil_mode=True)):  # ceil mode changes nothing when the windows tile exactly
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: max_pool(x, 2, **kw).sum()))(x))
+        assert "reduce_window" not in jaxpr and "custom_vjp" in jaxpr, kw
+
+
+def test_pool_layers_with_options():
+    from jaxconv import AdaptiveAvgPool, AdaptiveMaxPool, AvgPool, MaxPool
+
+    x = np.random.default_rng(7).standard_normal(SHAPE)
+    layers = [
+        (MaxPool(3, 2, 1, dilation=2, ceil_mode=True), ref.max_pool(x, 3, 2, 1, dilation=2, ceil_mode=True)),
+        (AvgPool(3, 2, 1, ceil_mode=True, divisor_override=2), ref.avg_pool(x, 3, 2, 1, ceil_mode=True, divisor_override=2)),
+        (AdaptiveAvgPool((3, 5)), ref.adaptive_avg_pool(x, (3, 5))),
+        (AdaptiveMaxPool(2), ref.adaptive_max_pool(x, 2)),
+    ]
+    for layer, expected in layers:
+        shape, params = layer.init(jax.random.key(0), (-1, *SHAPE[1:]))
+        y = layer.apply(params, x)
+        assert shape == (-1, *expected.shape[1:]) and params == {}
+        np.testing.assert_allclose(y, expected, **ref.tol(np.float64))
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda x: max_pool(x, 2, dilation=0), ValueError, r"max_pool: `dilation` must be >= 1, got 0"),
+        (lambda x: max_pool(x, 2, ceil_mode=1), TypeError, r"max_pool: `ceil_mode` must be True or False, got 1"),
+        (lambda x: avg_pool(x, 2, divisor_override=0), ValueError, r"avg_pool: `divisor_override` must be None or a nonzero int \(as PyTorch\), got 0"),
+        (lambda x: max_pool(x, 8, stride=1, ceil_mode=True), ValueError, r"max_pool: the window spans 8 pixels in height"),
+        (lambda x: adaptive_avg_pool(x, 0), ValueError, r"adaptive_avg_pool: `output_size` must be >= 1"),
+        (lambda x: adaptive_max_pool(x, "2"), TypeError, r"adaptive_max_pool: `output_size` must be an int or a pair"),
+    ],
+)
+def test_pool_option_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call(np.zeros(SHAPE))
