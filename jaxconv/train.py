@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxconv._args import check_labels
 from jaxconv.nn import accuracy, cost, softmax_cross_entropy
 
 
@@ -161,6 +162,7 @@ def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softm
     reuse a compiled step across calls.
 
     Returns {"loss": float, "accuracy": float, "logits": (m, K) numpy array}.
+    Integer labels y outside [0, K) raise a ValueError.
     """
     x, y = np.asarray(x), np.asarray(y)
     m = len(x)
@@ -184,7 +186,10 @@ def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softm
         total_loss += float(batch_loss)
         total_correct += float(batch_correct)
         logits.append(np.asarray(batch_logits)[:n])
-    return {"loss": total_loss / m, "accuracy": total_correct / m, "logits": np.concatenate(logits)}
+    logits = np.concatenate(logits)  # (m, K)
+    if np.issubdtype(y.dtype, np.integer):  # inside the compiled step a bad label is a silent wrong answer
+        check_labels(y, logits.shape[-1], "evaluate", name="y")
+    return {"loss": total_loss / m, "accuracy": total_correct / m, "logits": logits}
 
 
 def per_example_grads(apply: Callable, loss: Callable, params, x, y):
