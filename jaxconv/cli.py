@@ -54,7 +54,7 @@ def _positive_float(text: str) -> float:
 
 def cmd_train(args) -> int:
     from jaxconv import cpu_devices, parallel
-    from jaxconv.trainer import NonFiniteLoss, TrainConfig, fit
+    from jaxconv.loop import NonFiniteLoss, TrainConfig, fit
 
     try:  # before anything touches a device
         if args.cpu_devices:
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-example input shape (default: the model's own, 32,32,1 for lenet5, 32,32,3 for seed_cnn)")
     p.set_defaults(func=cmd_summary)
 
-    from jaxconv.trainer import DEFAULT_LR, OPTIMIZERS, TrainConfig
+    from jaxconv.loop import DEFAULT_LR, OPTIMIZERS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
