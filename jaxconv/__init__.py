@@ -6,9 +6,9 @@ over layers (`jaxconv.models.lenet5`), training on top (`jaxconv.train`).
 Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 """
 
-from jaxconv import checkpoint, data, initializers, models, parallel, train
+from jaxconv import checkpoint, data, devices, initializers, models, parallel, train
 from jaxconv._args import LAYOUT, conv_output_size
-from jaxconv._platform import cpu_devices
+from jaxconv.devices import cpu_devices
 from jaxconv.conv import conv2d
 from jaxconv.layers import (
     AvgPool,
@@ -65,6 +65,7 @@ __all__ = [
     "cost",
     "cpu_devices",
     "data",
+    "devices",
     "count_params",
     "dense",
     "flatten",
