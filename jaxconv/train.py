@@ -93,7 +93,12 @@ def make_train_step(
         chunks batches above 128 on CPU, where that is faster. Chunk i holds
         rows i, i + n, i + 2n, ... (`_split`), so a sharded batch stays spread.
       donate: donate params and opt_state buffers to the step (they are
-        replaced by its outputs, so XLA may update them in place).
+        replaced by its outputs, so XLA may update them in place). The arrays
+        passed in are then deleted: use the returned ones,
+        `params, opt_state, _ = step(params, opt_state, x, y)`; calling the
+        step again with the old ones raises a ValueError naming donation.
+        Pass donate=False to keep them (e.g. to try several steps from the
+        same params), at the cost of a copy per step.
       jit: return the compiled step (True) or the plain function (for wrapping
         in vmap/pmap/shard_map yourself).
 
@@ -129,7 +134,32 @@ def make_train_step(
         step = jax.vmap(step, in_axes=(0, 0, None, None))
     if not jit:
         return step
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+
+    def checked_step(params, opt_state, x, y):
+        if donate:  # a deleted buffer would reach XLA as "Buffer has been deleted or donated"
+            for name, tree in (("params", params), ("opt_state", opt_state)):
+                if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(tree)):
+                    raise ValueError(
+                        f"train_step: `{name}` holds arrays deleted by an earlier call: make_train_step donates "
+                        f"params and opt_state to the step (donate=True), so use the ones it returns "
+                        f"(params, opt_state, metrics = step(params, opt_state, x, y)), or build the step with "
+                        f"donate=False to keep the inputs."
+                    )
+        try:
+            return compiled(params, opt_state, x, y)
+        except AttributeError as e:  # optax reading a field of another optimizer's state
+            if "State" not in str(e):
+                raise
+            raise TypeError(
+                f"train_step: `opt_state` does not belong to this step's optimizer (optax: {e}); create it with the "
+                f"same optimizer the step was made with: opt_state = optimizer.init(params)."
+            ) from None
+
+    checked_step.lower = compiled.lower  # the jitted function's tools stay reachable
+    checked_step._cache_size = compiled._cache_size
+    checked_step.__wrapped__ = compiled
+    return checked_step
 
 
 def stack_params(trees):

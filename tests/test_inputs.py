@@ -121,3 +121,36 @@ def test_numpy_integer_padding_is_accepted_like_a_jax_integer_stride():
         np.testing.assert_array_equal(jc.conv2d(x, w, padding=padding, stride=jnp.int32(2), impl="lax"), reference)
     with pytest.raises(TypeError, match="`padding` must be an int"):
         jc.conv2d(x, w, padding=np.float64(1), impl="lax")
+
+
+# --------------------------------------------------------------------------- the training step's inputs
+
+
+def _tiny_step(**kw):
+    import optax
+
+    from jaxconv.train import make_train_step
+
+    apply = lambda p, x: x @ p["w"]  # noqa: E731  (m, 4) @ (4, 3)
+    return make_train_step(apply, optax.adam(1e-3), **kw), {"w": jnp.ones((4, 3))}, optax.adam(1e-3)
+
+
+def test_a_donated_params_reused_is_a_message_naming_donation():
+    step, params, opt = _tiny_step()
+    x, y = jnp.ones((2, 4)), jnp.array([0, 1])
+    new_params, state, _ = step(params, opt.init(params), x, y)
+    with pytest.raises(ValueError, match=r"train_step: `params` holds arrays deleted by an earlier call: make_train_step donates.*donate=False"):
+        step(params, state, x, y)
+    kept, params, opt = _tiny_step(donate=False)
+    state = opt.init(params)
+    a, _, _ = kept(params, state, x, y)
+    b, _, _ = kept(params, state, x, y)  # the same inputs twice: allowed, same answer
+    np.testing.assert_array_equal(a["w"], b["w"])
+
+
+def test_another_optimizers_state_is_a_message():
+    import optax
+
+    step, params, _ = _tiny_step(donate=False)
+    with pytest.raises(TypeError, match=r"train_step: `opt_state` does not belong to this step's optimizer .*optimizer.init\(params\)"):
+        step(params, optax.sgd(0.1, momentum=0.9).init(params), jnp.ones((2, 4)), jnp.array([0, 1]))
