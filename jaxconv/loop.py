@@ -276,7 +276,10 @@ def _start_fresh(out: str, overwrite: bool) -> None:
     present = [n for n in RUN_FILES if os.path.exists(os.path.join(out, n))]
     if not present:
         return
-    if not overwrite:
+    # Without checkpoint.npz and metrics.jsonl (written only after it), the run was stopped before its first
+    # checkpoint: there is nothing to resume or lose, so a new run replaces its config.json.
+    started = any(n in present for n in ("checkpoint.npz", "metrics.jsonl"))
+    if started and not overwrite:
         raise RunDirectoryError(
             f"train: `--out` {out!r} already holds a run ({', '.join(present)}); continue it with --resume, "
             f"replace it with --overwrite, or pick another --out."
