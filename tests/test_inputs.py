@@ -154,3 +154,45 @@ def test_another_optimizers_state_is_a_message():
     step, params, _ = _tiny_step(donate=False)
     with pytest.raises(TypeError, match=r"train_step: `opt_state` does not belong to this step's optimizer .*optimizer.init\(params\)"):
         step(params, optax.sgd(0.1, momentum=0.9).init(params), jnp.ones((2, 4)), jnp.array([0, 1]))
+
+
+# --------------------------------------------------------------------------- checkpoints and the CLI's registries
+
+
+def test_save_checkpoint_to_a_directory_and_random_bytes_are_one_line_errors(tmp_path):
+    from jaxconv import checkpoint
+
+    with pytest.raises(IsADirectoryError, match=r"save_checkpoint: `path` '.*' is a directory; pass a file name such as checkpoint_path"):
+        checkpoint.save_checkpoint(tmp_path, params={}, opt_state=None, step=0, key=None, config=None)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 300, np.uint8)))
+    for read in (checkpoint.load_checkpoint, checkpoint.read_header):
+        with pytest.raises(ValueError, match=r"is not a .npz checkpoint \(it starts with bytes .*use an earlier checkpoint") as e:
+            read(junk)
+        assert "allow_pickle" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_read_header_and_remove_temporaries(tmp_path):
+    from jaxconv import checkpoint
+
+    path = checkpoint.checkpoint_path(tmp_path)
+    checkpoint.save_checkpoint(path, params={"w": np.ones(2)}, opt_state=None, step=7, key=None, config={"a": 1},
+                               metadata={"history": [{"epoch": 1}]})
+    assert checkpoint.read_header(path) == {"step": 7, "config": {"a": 1}, "metadata": {"history": [{"epoch": 1}]}}
+    stale = tmp_path / ".checkpoint.npz.x1y2.tmp"
+    stale.write_bytes(b"")
+    (tmp_path / "keep.tmp").write_bytes(b"")
+    assert checkpoint.remove_temporaries(path) == [str(stale)]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "keep.tmp"]
+
+
+def test_cli_choices_come_from_the_registries():
+    from jaxconv import cli, conv, loop, models
+
+    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    choices = {a.dest: a.choices for a in train._actions if a.choices}
+    assert choices["model"] == sorted(models.MODELS)
+    assert choices["data"] == sorted(data.DATASETS)
+    assert choices["impl"] == list(conv.IMPLS)
+    assert choices["optimizer"] == list(loop.OPTIMIZERS)
+    assert "1.5x" not in train.format_help()
