@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from jaxconv import checkpoint, data, models, parallel
-from jaxconv._args import check_labels
+from jaxconv._args import check_labels, integer
 from jaxconv.train import evaluate, make_eval_step, make_train_step, stack_params
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -90,19 +90,14 @@ class TrainConfig:
             raise ValueError(f"train: unknown `optimizer` {self.optimizer!r}. It needs to be one of {list(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"train: unknown `schedule` {self.schedule!r}. It needs to be one of {list(SCHEDULES)}.")
-        if self.shift < 0:
-            raise ValueError(f"train: `shift` must be >= 0 pixels, got {self.shift}.")
-        for name in ("epochs", "batch_size", "ensemble"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train: `{name}` must be >= 1, got {getattr(self, name)}.")
+        for name, minimum in (("shift", 0), ("epochs", 1), ("batch_size", 1), ("ensemble", 1), ("seed", None),
+                              ("checkpoint_every", 0)):
+            setattr(self, name, integer(getattr(self, name), name, "train", minimum=minimum))
+        for name in ("limit", "devices"):
+            if getattr(self, name) is not None:
+                setattr(self, name, integer(getattr(self, name), name, "train", minimum=1))
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"train: `lr` must be > 0, got {self.lr}.")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"train: `limit` must be >= 1, got {self.limit}.")
-        if self.devices is not None and self.devices < 1:
-            raise ValueError(f"train: `devices` must be >= 1, got {self.devices}.")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"train: `checkpoint_every` must be >= 0, got {self.checkpoint_every}.")
         if self.resume and self.overwrite:
             raise ValueError("train: `resume` and `overwrite` exclude each other; pass --resume to continue the run "
                              "in --out, or --overwrite to replace it.")

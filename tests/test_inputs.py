@@ -196,3 +196,15 @@ def test_cli_choices_come_from_the_registries():
     assert choices["impl"] == list(conv.IMPLS)
     assert choices["optimizer"] == list(loop.OPTIMIZERS)
     assert "1.5x" not in train.format_help()
+
+
+def test_train_config_integers_use_the_shared_validator():
+    from jaxconv.loop import TrainConfig
+
+    assert type(TrainConfig(epochs=np.int64(3)).validate().epochs) is int
+    with pytest.raises(ValueError, match=r"train: `epochs` must be >= 1, got 0; pass epochs=1 or more."):
+        TrainConfig(epochs=0).validate()
+    with pytest.raises(TypeError, match=r"train: `limit` must be an int, got 1.5 of type float."):
+        TrainConfig(limit=1.5).validate()
+    with pytest.raises(ValueError, match=r"train: `resume` and `overwrite` exclude each other"):
+        TrainConfig(resume=True, overwrite=True).validate()
