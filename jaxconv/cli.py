@@ -82,6 +82,10 @@ def cmd_train(args) -> int:
     except Interrupted as e:  # Ctrl-C: where the run stands, not JAX's stack
         print(f"jaxconv train: {e}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # before the first step (loading data, building the model)
+        print(f"jaxconv train: interrupted before training started; nothing new was saved in {config.out}",
+              file=sys.stderr)
+        return 130
     except OSError as e:  # a full disk, a read-only or vanished --out
         name = f" `{e.filename}`" if getattr(e, "filename", None) else ""
         print(f"jaxconv train: error:{name} {e.strerror or e}" if name else f"jaxconv train: error: {e}", file=sys.stderr)

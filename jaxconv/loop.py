@@ -373,6 +373,8 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
             config.lr = (header.get("config") or {}).get("lr")
     elif primary:
         _start_fresh(config.out, config.overwrite)
+        checkpoint.remove_temporaries(ckpt_path)  # a save killed before the first checkpoint; we hold the lock
+        checkpoint.remove_temporaries(metrics_path)
     n_devices = config.devices or jax.device_count()
     mesh = parallel.data_mesh(n_devices) if n_devices > 1 or jax.process_count() > 1 else None
     if mesh is not None:
@@ -411,7 +413,7 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
     step = 0
     history = []
     if header is not None:
-        removed = checkpoint.remove_temporaries(ckpt_path) + checkpoint.remove_temporaries(metrics_path)
+        removed = checkpoint.remove_temporaries(ckpt_path) + checkpoint.remove_temporaries(metrics_path) if primary else []
         state = checkpoint.load_checkpoint(ckpt_path, params_like=params, opt_state_like=opt_state, config=resume_keys)
         params, opt_state, step = state["params"], state["opt_state"], int(state["step"])
         history = _history_of(state, metrics_path, step)
