@@ -371,10 +371,6 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
         header = checkpoint.read_header(ckpt_path)
         if config.lr is None:  # resume at the recorded rate, whatever the optimizer's default
             config.lr = (header.get("config") or {}).get("lr")
-    elif primary:
-        _start_fresh(config.out, config.overwrite)
-        checkpoint.remove_temporaries(ckpt_path)  # a save killed before the first checkpoint; we hold the lock
-        checkpoint.remove_temporaries(metrics_path)
     n_devices = config.devices or jax.device_count()
     mesh = parallel.data_mesh(n_devices) if n_devices > 1 or jax.process_count() > 1 else None
     if mesh is not None:
@@ -409,6 +405,10 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
         check_labels(y, logits_shape[-1], "train", name=f"{split} labels of --data {config.data}",
                      fix=f"the data set has labels the {logits_shape[-1]}-class model cannot learn; fix the files")
 
+    if header is None and primary:  # after every argument check: a mistyped option leaves the directory alone
+        _start_fresh(config.out, config.overwrite)
+        checkpoint.remove_temporaries(ckpt_path)  # a save killed before the first checkpoint; we hold the lock
+        checkpoint.remove_temporaries(metrics_path)
     resume_keys = {k: config_dict[k] for k in RESUME_KEYS}
     step = 0
     history = []
