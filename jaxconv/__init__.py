@@ -2,7 +2,8 @@
 
 Layers: pure functions (`conv2d`, `max_pool`, `dense`, ...) at the bottom,
 layer constructors over them (`Conv2D`, `MaxPool`, `serial`, ...), models
-over layers (`jaxconv.models.lenet5`), training on top (`jaxconv.train`).
+over layers (`jaxconv.models.lenet5`), training on top (the compiled steps in
+`jaxconv.train`, the loop behind `jaxconv train` in `jaxconv.loop`).
 Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 """
 

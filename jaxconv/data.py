@@ -14,6 +14,11 @@ The loaders only read bytes: the CIFAR-10 python version is a pickle, and it
 is read with an unpickler that builds NumPy arrays and refuses every other
 global, so a file can never run code.
 
+`DATASETS` is the registry behind `jaxconv train --data NAME`: name ->
+`DatasetEntry(load, needs_dir, help)`, each giving 32x32 images.
+
+Labels outside 0..9 are refused by every loader.
+
 `batches()` cuts an epoch into mini-batches, shuffled from a JAX key,
 keeping the last, smaller batch unless told otherwise, and can start in the
 middle of an epoch to resume a run.
