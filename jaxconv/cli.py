@@ -86,9 +86,12 @@ def cmd_train(args) -> int:
         print(f"jaxconv train: interrupted before training started; nothing new was saved in {config.out}",
               file=sys.stderr)
         return 130
-    except OSError as e:  # a full disk, a read-only or vanished --out
-        name = f" `{e.filename}`" if getattr(e, "filename", None) else ""
-        print(f"jaxconv train: error:{name} {e.strerror or e}" if name else f"jaxconv train: error: {e}", file=sys.stderr)
+    except OSError as e:  # a full disk, a read-only or vanished --out (WriteError already says what is kept)
+        if getattr(e, "filename", None):
+            print(f"jaxconv train: error: cannot access `{e.filename}` ({e.strerror}); check --out and free disk space.",
+                  file=sys.stderr)
+        else:
+            print(f"jaxconv train: error: {e}", file=sys.stderr)
         return 1
     if not parallel.is_primary():  # process 0 reports for the run
         return 0
