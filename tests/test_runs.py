@@ -183,3 +183,20 @@ def test_cli_one_line_errors(tmp_path):
     run = _jaxconv("train", "--out", str(tmp_path / "file"), cwd=tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [f"jaxconv train: error: train: `--out` '{tmp_path / 'file'}' is a file, not a directory; pick another --out."]
+
+
+def test_cli_malicious_cifar_pickle_is_one_line(tmp_path):
+    import pickle
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    (d / "data_batch_1").write_bytes(pickle.dumps({b"data": _Evil()}))
+    run = _jaxconv("train", "--data", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("jaxconv train: error: load_cifar10: `") and "asks to load the global" in line
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("true",))
