@@ -27,6 +27,17 @@ def parser(doc: str, default_out: str) -> argparse.ArgumentParser:
     return p
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (so `--batch-sizes 0` is a usage error, not a ZeroDivisionError)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def out_dir(path: str) -> str:
     """Create the --out folder and return it."""
     os.makedirs(path, exist_ok=True)

@@ -27,17 +27,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
-from jaxconv._platform import cpu_devices  # noqa: E402
+from jaxconv.devices import cpu_devices  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--devices", type=int, nargs="+", default=None,
+    p.add_argument("--devices", type=_common.positive_int, nargs="+", default=None,
                    help="device counts to compare (default: 1 and every available device)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512], help="global batch sizes m")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is reported")
-    p.add_argument("--steps", type=int, default=10, help="training steps timed per config per round")
-    p.add_argument("--cpu-devices", type=int, default=2,
+    p.add_argument("--batch-sizes", type=_common.positive_int, nargs="+", default=[128, 512], help="global batch sizes m")
+    p.add_argument("--rounds", type=_common.positive_int, default=7, help="interleaved rounds; the median is reported")
+    p.add_argument("--steps", type=_common.positive_int, default=10, help="training steps timed per config per round")
+    p.add_argument("--cpu-devices", type=_common.positive_int, default=2,
                    help="XLA host devices to create on CPU (sets XLA_FLAGS before JAX starts; ignored if already set)")
     p.add_argument("--quick", action="store_true", help="3 rounds of 3 steps: a fast look, not a measurement")
     args = p.parse_args(argv)
@@ -67,6 +67,17 @@ def main(argv=None):
 
     available = jax.device_count()
     counts = args.devices or sorted({1, available})
+    if max(counts) > available:
+        sys.exit(
+            f"bench_parallel: `--devices` {max(counts)} is more than the {available} device(s) JAX has; pass "
+            f"--cpu-devices {max(counts)} on CPU (or set XLA_FLAGS=--xla_force_host_platform_device_count="
+            f"{max(counts)}), or ask for at most {available}."
+        )
+    for m in args.batch_sizes:
+        for n in counts:
+            if m % n:
+                sys.exit(f"bench_parallel: `--batch-sizes` {m} is not a multiple of `--devices` {n}; each device "
+                         f"needs the same number of rows, e.g. --batch-sizes {m - m % n or n}.")
     model = models.lenet5()
     optimizer = optax.adam(1e-3)
     # Shapes by tracing init; values from numpy (the timing does not depend on them).

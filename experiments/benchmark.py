@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 # One CPU device per core, before JAX starts (for the sharded contender).
-from jaxconv._platform import cpu_devices
+from jaxconv.devices import cpu_devices
 
 FLOPS_PER_IMAGE = None  # filled by lenet5_flops()
 
@@ -384,12 +384,12 @@ def format_table(rows, machine, peak, flops):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512], help="batch sizes to measure")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds; the median round is reported")
-    parser.add_argument("--steps", type=int, default=10, help="training steps per contender per round")
+    parser.add_argument("--batch-sizes", type=_common.positive_int, nargs="+", default=[128, 512], help="batch sizes to measure")
+    parser.add_argument("--rounds", type=_common.positive_int, default=15, help="interleaved rounds; the median round is reported")
+    parser.add_argument("--steps", type=_common.positive_int, default=10, help="training steps per contender per round")
     parser.add_argument("--warmup", type=int, default=5, help="steps run after the first, before timing")
-    parser.add_argument("--devices", type=int, default=os.cpu_count(), help="CPU devices for the sharded contender (1: none)")
-    parser.add_argument("--chunk", type=int, default=128, help="images per chunk for the chunked-gradient contender (batches above it)")
+    parser.add_argument("--devices", type=_common.positive_int, default=os.cpu_count(), help="CPU devices for the sharded contender (1: none)")
+    parser.add_argument("--chunk", type=_common.positive_int, default=128, help="images per chunk for the chunked-gradient contender (batches above it)")
     parser.add_argument("--no-peers", action="store_true", help="skip Flax, Equinox and PyTorch")
     parser.add_argument("--quick", action="store_true", help="tiny run for tests: batch 16, 2 rounds of 2 steps")
     parser.add_argument("--out", default="results/benchmark", help="folder for benchmark.csv and benchmark.json")

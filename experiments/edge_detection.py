@@ -52,8 +52,13 @@ def feature_maps(image):
 
 def read_image(path: str):
     """A file -> grey float32 (n_H, n_W). .npy via numpy, anything else via matplotlib.image.imread."""
+    if not os.path.isfile(path):
+        sys.exit(f"edge_detection: `--images` file `{path}` does not exist; check the path.")
     if path.lower().endswith(".npy"):
-        a = np.load(path)
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            sys.exit(f"edge_detection: `--images` file `{path}` is not a readable .npy array ({e}); save it with np.save.")
     else:
         try:
             import matplotlib.image

@@ -2,13 +2,14 @@
 
 Layers: pure functions (`conv2d`, `max_pool`, `dense`, ...) at the bottom,
 layer constructors over them (`Conv2D`, `MaxPool`, `serial`, ...), models
-over layers (`jaxconv.models.lenet5`), training on top (`jaxconv.train`).
+over layers (`jaxconv.models.lenet5`), training on top (the compiled steps in
+`jaxconv.train`, the loop behind `jaxconv train` in `jaxconv.loop`).
 Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 """
 
-from jaxconv import checkpoint, data, initializers, models, parallel, reference, train
+from jaxconv import checkpoint, data, devices, initializers, models, parallel, reference, train
 from jaxconv._args import LAYOUT, conv_output_size
-from jaxconv._platform import cpu_devices
+from jaxconv.devices import cpu_devices
 from jaxconv.conv import conv2d
 from jaxconv.gradcheck import GradcheckError, GradcheckReport, gradcheck
 from jaxconv.layers import (
@@ -94,6 +95,7 @@ __all__ = [
     "count_params",
     "cpu_devices",
     "data",
+    "devices",
     "dense",
     "elu",
     "flatten",

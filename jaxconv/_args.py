@@ -17,22 +17,74 @@ IntPair = Union[int, Sequence[int]]
 Padding = Union[int, str, Sequence]
 
 
+def is_integer(value) -> bool:
+    """True for Python, NumPy and JAX integer scalars (anything with `__index__`), False for bools and floats."""
+    if isinstance(value, (bool, tuple, list, str, bytes)):
+        return False
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:  # NumPy / JAX scalars: integer dtypes only (bool_ is not one)
+        return getattr(value, "ndim", 0) == 0 and getattr(dtype, "kind", None) in ("i", "u")
+    return hasattr(value, "__index__")
+
+
+def integer(value, name: str, op: str, *, minimum: int | None = None) -> int:
+    """`value` as a Python int, checked against `minimum`: the one integer validator of jaxconv.
+
+    Accepts Python ints and NumPy/JAX integer scalars (np.int64(1), jnp.int32(2));
+    refuses bools and floats with a TypeError, values below `minimum` with a ValueError.
+    """
+    if not is_integer(value):
+        raise TypeError(f"{op}: `{name}` must be an int, got {value!r} of type {type(value).__name__}.")
+    value = int(value.__index__())
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {value}; pass {name}={minimum} or more.")
+    return value
+
+
 def pair(value, name: str, op: str, *, minimum: int) -> tuple[int, int]:
     """Turn an int or an (h, w) pair into a tuple of two Python ints >= minimum."""
     given = value  # reported as the user wrote it (0, not (0, 0))
     if isinstance(value, bool):
         raise TypeError(f"{op}: `{name}` must be an int or a pair of ints (h, w), got {value!r}.")
-    if isinstance(value, int) or (hasattr(value, "__index__") and not isinstance(value, (tuple, list))):
-        value = (int(value), int(value))
+    if is_integer(value):
+        value = (int(value.__index__()), int(value.__index__()))
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{op}: `{name}` must be an int or a pair of ints (h, w), got {value!r}.")
     try:
+        if not all(is_integer(v) for v in value):
+            raise TypeError
         h, w = (int(v.__index__()) for v in value)
     except (AttributeError, TypeError):
         raise TypeError(f"{op}: `{name}` must be an int or a pair of ints (h, w), got {value!r}.") from None
     if h < minimum or w < minimum:
         raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {given!r}; use {name}={minimum} or larger.")
     return h, w
+
+
+def check_labels(labels, num_classes: int, op: str, *, name: str = "labels", fix: str = "") -> None:
+    """Refuse integer class labels outside [0, num_classes) when they are concrete (not jit tracers).
+
+    Inside `jax.jit` labels are tracers whose values are unknown, and nothing is
+    checked (an out-of-range label there gives a wrong loss, not an error); wrap
+    the function in `jax.experimental.checkify` to check them in compiled code.
+    """
+    import jax
+    import numpy as np
+
+    if isinstance(labels, jax.core.Tracer):  # inside jit/vmap/grad: the values exist only at run time
+        return
+    values = np.asarray(labels)
+    if values.size == 0 or values.dtype.kind not in "iu":
+        return
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= num_classes:
+        bad = values[(values < 0) | (values >= num_classes)].ravel()
+        where = int(np.flatnonzero((values.ravel() < 0) | (values.ravel() >= num_classes))[0])
+        raise ValueError(
+            f"{op}: `{name}` must be class indices in [0, {num_classes}), got {bad.size} outside it "
+            f"(range [{low}, {high}], first {int(bad[0])} at index {where}); "
+            f"{fix or f'map the labels to 0..{num_classes - 1} or give the model {high + 1} classes'}."
+        )
 
 
 def padding_pairs(
@@ -67,16 +119,14 @@ def padding_pairs(
         )
     if isinstance(padding, bool):
         raise TypeError(f"{op}: `padding` must be an int, a pair, a pair of pairs or 'SAME'/'VALID', got {padding!r}.")
-    if isinstance(padding, int):
-        pads = ((padding, padding), (padding, padding))
+    if is_integer(padding):  # also np.int64(1), jnp.int32(1), as `stride` accepts
+        p = int(padding.__index__())
+        pads = ((p, p), (p, p))
     elif isinstance(padding, (tuple, list)) and len(padding) == 2:
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in padding):
-            pads = ((padding[0], padding[0]), (padding[1], padding[1]))
-        elif all(
-            isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(q, int) and not isinstance(q, bool) for q in p)
-            for p in padding
-        ):
-            pads = (tuple(padding[0]), tuple(padding[1]))
+        if all(is_integer(p) for p in padding):
+            pads = tuple((int(p.__index__()), int(p.__index__())) for p in padding)
+        elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(is_integer(q) for q in p) for p in padding):
+            pads = tuple(tuple(int(q.__index__()) for q in p) for p in padding)
         else:
             raise TypeError(
                 f"{op}: `padding` must be an int, (p_h, p_w), ((top, bottom), (left, right)), 'SAME' or 'VALID', "

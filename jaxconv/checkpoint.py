@@ -36,6 +36,8 @@ __all__ = [
     "checkpoint_path",
     "latest_checkpoint",
     "load_checkpoint",
+    "read_header",
+    "remove_temporaries",
     "save_checkpoint",
 ]
 
@@ -159,7 +161,27 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path, *, params, opt_state, step, key, config) -> str:
+def remove_temporaries(path) -> list[str]:
+    """Delete the temporary files (`.checkpoint.npz.*.tmp`) a killed `save_checkpoint` of `path` left behind.
+
+    Call it only while no other process is saving to `path` (the training loop
+    holds its run directory's lock). Returns the paths removed.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    removed = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def save_checkpoint(path, *, params, opt_state, step, key, config, metadata=None) -> str:
     """Write params, optimiser state, step, RNG key and config to `path` (a .npz file), atomically.
 
     Args:
@@ -171,12 +193,19 @@ def save_checkpoint(path, *, params, opt_state, step, key, config) -> str:
       key: the RNG key to resume with: a typed key (`jax.random.key`), a raw
         uint32 key (`jax.random.PRNGKey`), or None.
       config: JSON-serialisable dict (or None) of the run's settings.
+      metadata: JSON-serialisable data kept with the checkpoint (the training
+        loop stores its metrics history here, so the two never disagree).
 
     Returns:
       The path written.
     """
     op = "save_checkpoint"
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{op}: `path` {path!r} is a directory; pass a file name such as checkpoint_path({path!r}) "
+            f"= {checkpoint_path(path)!r}."
+        )
     try:
         if isinstance(step, bool):
             raise TypeError
@@ -186,10 +215,11 @@ def save_checkpoint(path, *, params, opt_state, step, key, config) -> str:
     if step < 0:
         raise ValueError(f"{op}: `step` must be >= 0 (optimiser steps done), got {step}.")
     config = _json_config(config, op)
+    metadata = _json_config(metadata, op)
 
     entries: dict[str, np.ndarray] = {}
     meta = {"format": _FORMAT, "version": FORMAT_VERSION, "step": step, "config": config,
-            "jax_version": jax.__version__}
+            "metadata": metadata, "jax_version": jax.__version__}
     for prefix, tree in (("params", params), ("opt_state", opt_state)):
         leaves = [(name, _to_numpy(leaf, name, op)) for name, leaf in _named_leaves(tree, prefix, op)]
         meta[prefix] = {
@@ -344,7 +374,7 @@ def load_checkpoint(path, *, params_like=None, opt_state_like=None, config=None)
       structure; without one, the saved nest if it had only dicts/lists/tuples,
       else a flat dict {leaf name: array} since NamedTuples of optax are not
       stored), "step" (int), "key" (a typed key, a raw uint32 key, or None),
-      and "config" (the saved config).
+      "config" (the saved config) and, when it was saved with some, "metadata".
     """
     op = "load_checkpoint"
     path = os.fspath(path)
@@ -354,12 +384,33 @@ def load_checkpoint(path, *, params_like=None, opt_state_like=None, config=None)
         return _load(f, path, params_like, opt_state_like, config, op)
 
 
-def _load(f, path, params_like, opt_state_like, config, op) -> dict:
+def read_header(path) -> dict:
+    """The step, config and metadata of a checkpoint, without reading its arrays.
+
+    Returns {"step": int, "config": dict or None} and "metadata" when it was saved with some.
+    """
+    op = "read_header"
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{op}: no checkpoint file `{path}`; check the path (save_checkpoint writes it).")
+    with open(path, "rb") as f:
+        return _load(f, path, None, None, None, op, header_only=True)
+
+
+def _load(f, path, params_like, opt_state_like, config, op, header_only=False) -> dict:
+    magic = f.read(4)
+    f.seek(0)
+    if magic != b"PK\x03\x04":  # every .npz is a zip; anything else numpy would try to read as a pickle
+        raise ValueError(
+            f"{op}: `{path}` is not a .npz checkpoint (it starts with bytes {magic!r}, not a zip file's "
+            f"b'PK\\x03\\x04'); the file is damaged or of another kind, use an earlier checkpoint."
+        )
     try:
         npz = np.load(f, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        reason = "pickled data, refused" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
         raise ValueError(
-            f"{op}: `{path}` is not a readable .npz checkpoint ({type(e).__name__}: {e}); the file is damaged or "
+            f"{op}: `{path}` is not a readable .npz checkpoint ({reason}); the file is damaged or "
             f"of another kind, use an earlier checkpoint."
         ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -388,6 +439,10 @@ def _load(f, path, params_like, opt_state_like, config, op) -> dict:
             _check_config(meta.get("config"), config, path, op)
 
         result = {"step": int(meta["step"]), "config": meta.get("config")}
+        if meta.get("metadata") is not None:
+            result["metadata"] = meta["metadata"]
+        if header_only:
+            return result
         for prefix, template in (("params", params_like), ("opt_state", opt_state_like)):
             stored = meta[prefix]["leaves"]
             arrays = {}

@@ -33,13 +33,13 @@ def cmd_summary(args) -> int:
 
 
 def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (the shared validator, with argparse's message)."""
+    from jaxconv._args import integer
+
     try:
-        value = int(text)
+        return integer(int(text), "value", "jaxconv", minimum=1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -53,8 +53,9 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_train(args) -> int:
-    from jaxconv import cpu_devices, parallel
-    from jaxconv.trainer import NonFiniteLoss, TrainConfig, fit
+    from jaxconv import parallel
+    from jaxconv.devices import cpu_devices
+    from jaxconv.loop import Interrupted, NonFiniteLoss, TrainConfig, fit
 
     try:  # before anything touches a device
         if args.cpu_devices:
@@ -66,17 +67,31 @@ def cmd_train(args) -> int:
 
     config = TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, shift=args.shift, impl=args.impl, seed=args.seed, out=args.out, resume=args.resume,
-        ensemble=args.ensemble, limit=args.limit, checkpoint_every=args.checkpoint_every,
-        progress=not args.no_progress, devices=args.devices,
+        optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, shift=args.shift, impl=args.impl, seed=args.seed,
+        out=args.out, resume=args.resume, overwrite=args.overwrite, ensemble=args.ensemble, limit=args.limit,
+        checkpoint_every=args.checkpoint_every, progress=not args.no_progress, devices=args.devices,
     )
     try:
         result = fit(config)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad arguments, files or run directory: one line
         print(f"jaxconv train: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
         print(f"jaxconv train: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:  # Ctrl-C: where the run stands, not JAX's stack
+        print(f"jaxconv train: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the first step (loading data, building the model)
+        print(f"jaxconv train: interrupted before training started; nothing new was saved in {config.out}",
+              file=sys.stderr)
+        return 130
+    except OSError as e:  # a full disk, a read-only or vanished --out (WriteError already says what is kept)
+        if getattr(e, "filename", None):
+            print(f"jaxconv train: error: cannot access `{e.filename}` ({e.strerror}); check --out and free disk space.",
+                  file=sys.stderr)
+        else:
+            print(f"jaxconv train: error: {e}", file=sys.stderr)
         return 1
     if not parallel.is_primary():  # process 0 reports for the run
         return 0
@@ -105,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-example input shape (default: the model's own, 32,32,1 for lenet5, 32,32,3 for seed_cnn)")
     p.set_defaults(func=cmd_summary)
 
-    from jaxconv.trainer import DEFAULT_LR, OPTIMIZERS, TrainConfig
+    from jaxconv.conv import IMPLS
+    from jaxconv.data import DATASETS
+    from jaxconv.loop import DEFAULT_LR, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -116,39 +133,45 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", choices=sorted(MODELS), default=d.model, help="network to train")
-    p.add_argument("--data", choices=["digits", "mnist", "cifar10"], default=d.data,
-                   help="digits: bundled 8x8 UCI digits resized to 32x32 (no download); mnist: the four IDX files "
-                        "(MNIST or Fashion-MNIST) in --data-dir; cifar10: the binary or python batches in --data-dir")
+    p.add_argument("--data", choices=sorted(DATASETS), default=d.data,
+                   help="; ".join(f"{name}: {entry.help}" for name, entry in sorted(DATASETS.items())))
     p.add_argument("--data-dir", default=None, metavar="PATH", help="folder holding the mnist or cifar10 files")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="passes over the training set")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="images per step (m)")
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=d.optimizer,
-                   help="sgd, sgd with momentum 0.9, or adam")
+                   help=", ".join(f"{name}: {OPTIMIZER_HELP[name]}" for name in OPTIMIZERS))
     p.add_argument("--lr", type=_positive_float, default=None,
                    help=f"learning rate (default per optimizer: {DEFAULT_LR})")
-    p.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule,
-                   help="learning-rate schedule: cosine decay from --lr to 0 over the run, or constant")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default=d.schedule,
+                   help="learning-rate schedule: cosine decay from --lr to 0 over the run (a run extended with "
+                        "--resume --epochs gets a new cycle over the added epochs), or constant")
     p.add_argument("--shift", type=int, default=d.shift, metavar="PIXELS",
                    help="augment each training image by a random shift of up to PIXELS (0: off)")
-    p.add_argument("--impl", choices=["auto", "lax", "hand", "hand_autodiff"], default=d.impl,
+    p.add_argument("--impl", choices=list(IMPLS), default=d.impl,
                    help="convolution implementation: auto picks the fastest for the platform")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and shuffling")
     p.add_argument("--out", default=d.out, metavar="DIR", help="where metrics, config, checkpoint and plot go")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (same settings and data; a larger --epochs "
+                        "extends a finished run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, a new run into a run's directory is refused)")
     p.add_argument("--ensemble", type=_positive_int, default=d.ensemble, metavar="K",
                    help="train K independently initialised models at once (one vmapped, compiled step)")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                    help="use only the first N training images (quick runs)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="STEPS",
                    help="also checkpoint every STEPS steps (0: only at the end of each epoch)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (logs only; bars are shown only when stderr is a terminal anyway)")
     g = p.add_argument_group("scaling out", "data parallelism over devices and hosts (see README, Scaling out)")
     g.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                    help="split each batch over N devices (default: all devices of all processes); "
                         "--batch-size must be a multiple of N")
     g.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
-                   help="on CPU, expose N devices (e.g. one per core) so the batch is split over them; pays off at "
-                        "large batches (about 1.5x at --batch-size 512 on 2 cores, nothing at 128)")
+                   help="on CPU, expose N devices (e.g. one per core) and split each batch over them; measured "
+                        "0.82-0.89x the speed of one device on 2 cores (README, Scaling out): a way to test "
+                        "multi-device runs, not a speed-up")
     g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="address of process 0 for a multi-process run (env JAXCONV_COORDINATOR; 'auto' on "
                         "TPU pods, Slurm, Open MPI)")

@@ -14,6 +14,11 @@ The loaders only read bytes: the CIFAR-10 python version is a pickle, and it
 is read with an unpickler that builds NumPy arrays and refuses every other
 global, so a file can never run code.
 
+`DATASETS` is the registry behind `jaxconv train --data NAME`: name ->
+`DatasetEntry(load, needs_dir, help)`, each giving 32x32 images.
+
+Labels outside 0..9 are refused by every loader.
+
 `batches()` cuts an epoch into mini-batches, shuffled from a JAX key,
 keeping the last, smaller batch unless told otherwise, and can start in the
 middle of an epoch to resume a run.
@@ -26,15 +31,19 @@ import importlib
 import importlib.resources
 import io
 import math
-import operator
 import os
 import pickle
 from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from jaxconv._args import check_labels
+from jaxconv._args import integer as _int
+
 __all__ = [
+    "DATASETS",
     "Dataset",
+    "DatasetEntry",
     "batches",
     "load_cifar10",
     "load_digits",
@@ -55,16 +64,6 @@ class Dataset(NamedTuple):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _int(value, name: str, op: str, *, minimum: int | None = None) -> int:
-    """Return value as a Python int (bools refused), checked against minimum."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{op}: `{name}` must be an int, got {value!r} of type {type(value).__name__}.")
-    value = operator.index(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {value}; pass {name}={minimum} or more.")
-    return value
 
 
 def _size_pair(value, name: str, op: str) -> tuple[int, int]:
@@ -99,7 +98,10 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
             f"load_digits: the bundled `{_DIGITS_FILE}` has shape {table.shape}, expected ({_DIGITS_ROWS}, 65) "
             f"(64 pixels then a label per row); the package data is damaged, reinstall jaxconv."
         )
-    return table[:, :64].reshape(-1, 8, 8).astype(np.uint8), table[:, 64].astype(np.int32)
+    labels = table[:, 64].astype(np.int32)
+    check_labels(labels, 10, "load_digits", name=f"labels of {_DIGITS_FILE}",
+                 fix="the package data is damaged, reinstall jaxconv")
+    return table[:, :64].reshape(-1, 8, 8).astype(np.uint8), labels
 
 
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +277,9 @@ def _load_idx_pair(images_path: str, labels_path: str, op: str) -> tuple[np.ndar
             _parse_idx(raw, path, op)  # raises: truncated
         found = int.from_bytes(raw[:4], "big")
         if found != magic:
-            raise ValueError(f"{op}: `{path}` has magic number {found}, expected {magic} ({what}); pass the {other}.")
+            swapped = found == (_IDX_LABELS_MAGIC if magic == _IDX_IMAGES_MAGIC else _IDX_IMAGES_MAGIC)
+            fix = f"pass the {other}" if swapped else "the file is not an MNIST IDX file, download it again"
+            raise ValueError(f"{op}: `{path}` has magic number {found}, expected {magic} ({what}); {fix}.")
     x = _parse_idx(images, images_path, op)
     y = _parse_idx(labels, labels_path, op)
     if x.shape[0] != y.shape[0]:
@@ -283,6 +287,13 @@ def _load_idx_pair(images_path: str, labels_path: str, op: str) -> tuple[np.ndar
             f"{op}: `{images_path}` holds {x.shape[0]} images but `{labels_path}` holds {y.shape[0]} labels; "
             f"the two files must come from the same split (e.g. train-images with train-labels)."
         )
+    if x.ndim != 3 or y.ndim != 1:
+        raise ValueError(
+            f"{op}: `{images_path}` has dims {x.shape} and `{labels_path}` {y.shape}, expected (m, n_H, n_W) and "
+            f"(m,); the files are not MNIST IDX files, download them again."
+        )
+    check_labels(y, 10, op, name=f"labels in {labels_path}",
+                 fix="the file is not an MNIST or Fashion-MNIST label file (labels 0..9), download it again")
     return (x.astype(np.float32) / np.float32(255.0))[..., None], y.astype(np.int32)
 
 
@@ -320,8 +331,8 @@ _CIFAR_TEST = "test_batch"
 _CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-binary.tar.gz or cifar-10-python.tar.gz)"
 
 
-class _RefusedGlobal(pickle.UnpicklingError):
-    """A pickle asked for a global outside the allow-list."""
+class _RefusedGlobal(pickle.UnpicklingError, ValueError):
+    """A pickle asked for a global outside the allow-list (a ValueError too: a bad value in a data file)."""
 
 
 def _numpy_global(module: str, name: str):
@@ -380,8 +391,9 @@ def _load_cifar_pickle(path: str, op: str) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as f:
         try:
             batch = _ArrayOnlyUnpickler(f, path, op).load()
-        except _RefusedGlobal:
-            raise
+        except _RefusedGlobal as e:
+            message = str(e) if str(e).startswith(op) else f"{op}: `{path}`: {e}; the file is not a CIFAR-10 batch."
+            raise _RefusedGlobal(message) from None  # one line: the unpickler's frames say nothing more
         except Exception as e:  # truncated or garbled pickles fail in many ways
             raise ValueError(
                 f"{op}: `{path}` is not a readable CIFAR-10 python batch ({type(e).__name__}: {e}); expected a "
@@ -589,3 +601,32 @@ def batches(x, y, batch_size: int, *, key=None, start_step: int = 0, drop_last: 
                 yield x[idx], y[idx]
 
     return generate()
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+class DatasetEntry(NamedTuple):
+    """How `jaxconv train --data NAME` gets a data set: load(data_dir) -> Dataset of 32x32 images."""
+
+    load: object  # Callable[[str | None], Dataset]
+    needs_dir: bool  # read from files in --data-dir (True) or bundled (False)
+    help: str  # one line for --help
+
+
+def _pad_to_32(ds: Dataset) -> Dataset:
+    pad = lambda x: np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))  # noqa: E731  (m, 28, 28, 1) -> (m, 32, 32, 1)
+    return Dataset(pad(ds.x_train), ds.y_train, pad(ds.x_test), ds.y_test)
+
+
+# name -> entry; every entry gives 32x32 images, the input of LeNet-5 and the notes' network.
+# The CLI's --data choices come from here.
+DATASETS = {
+    "digits": DatasetEntry(
+        lambda data_dir: load_digits(size=24, pad_to=32),  # 8x8 -> 24x24 in a 32x32 frame, as MNIST's 20x20 in 28x28
+        False, "bundled 8x8 UCI digits resized to 32x32 (no download)"),
+    "mnist": DatasetEntry(
+        lambda data_dir: _pad_to_32(load_mnist(data_dir)),  # 28x28 -> padded to 32x32, as LeCun et al. did
+        True, "the four IDX files (MNIST or Fashion-MNIST) in --data-dir"),
+    "cifar10": DatasetEntry(load_cifar10, True, "the binary or python batches in --data-dir"),
+}

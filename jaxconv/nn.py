@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxconv._args import check_labels
+
 
 def dense(x, w, b=None):
     """Fully connected layer: x @ w + b.
@@ -132,6 +134,11 @@ def softmax_cross_entropy(logits, labels):
 
     Returns:
       (m,) losses, or a scalar for one example.
+
+    Integer labels outside [0, K) raise a ValueError when they are concrete
+    (eager calls). Under `jax.jit` they are tracers and cannot be checked: there
+    a label of -1 picks class K-1 and a label >= K gives a NaN loss; check them
+    where the data enters, or wrap the step in `jax.experimental.checkify`.
     """
     if getattr(logits, "ndim", 0) not in (1, 2):
         raise ValueError(f"softmax_cross_entropy: `logits` must have shape (m, K) or (K,), got {getattr(logits, 'shape', None)}.")
@@ -143,6 +150,7 @@ def softmax_cross_entropy(logits, labels):
                 f"softmax_cross_entropy: integer `labels` must have shape {logits.shape[:-1]} (one class index "
                 f"per example), got {labels.shape}; for one-hot labels pass shape {logits.shape}."
             )
+        check_labels(labels, logits.shape[-1], "softmax_cross_entropy")
         return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
     if labels.shape != logits.shape:
         raise ValueError(
@@ -161,8 +169,14 @@ def cost(losses):
 
 
 def accuracy(logits, labels):
-    """Fraction of examples whose arg-max logit is the label. logits (m, K); labels (m,) or (m, K)."""
+    """Fraction of examples whose arg-max logit is the label. logits (m, K); labels (m,) or (m, K).
+
+    Integer labels outside [0, K) raise a ValueError in eager calls; under jit
+    they are not checked (see `softmax_cross_entropy`).
+    """
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         labels = labels.argmax(-1)
+    else:
+        check_labels(labels, logits.shape[-1], "accuracy")
     return (logits.argmax(-1) == labels).mean()

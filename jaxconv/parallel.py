@@ -35,6 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxconv._args import integer
 from jaxconv.nn import softmax_cross_entropy
 from jaxconv.train import make_train_step
 
@@ -54,17 +55,13 @@ _CPU_DEVICES_HINT = (
 
 
 def _int_arg(value, name: str, op: str, *, minimum: int) -> int:
-    """`value` as an int >= minimum (ints or integer strings, e.g. from the environment)."""
+    """`value` as an int >= minimum: ints, NumPy/JAX integer scalars, or integer strings (from the environment)."""
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
             raise ValueError(f"{op}: `{name}` must be an integer, got {value!r}.") from None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{op}: `{name}` must be an int, got {type(value).__name__} {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {value}.")
-    return int(value)
+    return integer(value, name, op, minimum=minimum)
 
 
 def _check_coordinator(address: str, op: str) -> str:

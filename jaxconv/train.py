@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxconv._args import check_labels
 from jaxconv.nn import accuracy, cost, softmax_cross_entropy
 
 
@@ -92,7 +93,12 @@ def make_train_step(
         chunks batches above 128 on CPU, where that is faster. Chunk i holds
         rows i, i + n, i + 2n, ... (`_split`), so a sharded batch stays spread.
       donate: donate params and opt_state buffers to the step (they are
-        replaced by its outputs, so XLA may update them in place).
+        replaced by its outputs, so XLA may update them in place). The arrays
+        passed in are then deleted: use the returned ones,
+        `params, opt_state, _ = step(params, opt_state, x, y)`; calling the
+        step again with the old ones raises a ValueError naming donation.
+        Pass donate=False to keep them (e.g. to try several steps from the
+        same params), at the cost of a copy per step.
       jit: return the compiled step (True) or the plain function (for wrapping
         in vmap/pmap/shard_map yourself).
 
@@ -128,7 +134,32 @@ def make_train_step(
         step = jax.vmap(step, in_axes=(0, 0, None, None))
     if not jit:
         return step
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+
+    def checked_step(params, opt_state, x, y):
+        if donate:  # a deleted buffer would reach XLA as "Buffer has been deleted or donated"
+            for name, tree in (("params", params), ("opt_state", opt_state)):
+                if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(tree)):
+                    raise ValueError(
+                        f"train_step: `{name}` holds arrays deleted by an earlier call: make_train_step donates "
+                        f"params and opt_state to the step (donate=True), so use the ones it returns "
+                        f"(params, opt_state, metrics = step(params, opt_state, x, y)), or build the step with "
+                        f"donate=False to keep the inputs."
+                    )
+        try:
+            return compiled(params, opt_state, x, y)
+        except AttributeError as e:  # optax reading a field of another optimizer's state
+            if "State" not in str(e):
+                raise
+            raise TypeError(
+                f"train_step: `opt_state` does not belong to this step's optimizer (optax: {e}); create it with the "
+                f"same optimizer the step was made with: opt_state = optimizer.init(params)."
+            ) from None
+
+    checked_step.lower = compiled.lower  # the jitted function's tools stay reachable
+    checked_step._cache_size = compiled._cache_size
+    checked_step.__wrapped__ = compiled
+    return checked_step
 
 
 def stack_params(trees):
@@ -161,6 +192,7 @@ def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softm
     reuse a compiled step across calls.
 
     Returns {"loss": float, "accuracy": float, "logits": (m, K) numpy array}.
+    Integer labels y outside [0, K) raise a ValueError.
     """
     x, y = np.asarray(x), np.asarray(y)
     m = len(x)
@@ -184,7 +216,10 @@ def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softm
         total_loss += float(batch_loss)
         total_correct += float(batch_correct)
         logits.append(np.asarray(batch_logits)[:n])
-    return {"loss": total_loss / m, "accuracy": total_correct / m, "logits": np.concatenate(logits)}
+    logits = np.concatenate(logits)  # (m, K)
+    if np.issubdtype(y.dtype, np.integer):  # inside the compiled step a bad label is a silent wrong answer
+        check_labels(y, logits.shape[-1], "evaluate", name="y")
+    return {"loss": total_loss / m, "accuracy": total_correct / m, "logits": logits}
 
 
 def per_example_grads(apply: Callable, loss: Callable, params, x, y):

@@ -239,3 +239,23 @@ def test_why_convolutions_shift_fills_with_zeros():
     np.testing.assert_array_equal(down_right, expected)
     np.testing.assert_array_equal(module.shift(module.shift(x, -2, 0), 2, 0)[0, 2:], x[0, 2:])
     assert math.isclose(float(module.shift(x, 0, 0).sum()), float(x.sum()))
+
+
+@pytest.mark.parametrize(
+    "script, args, code, message",
+    [
+        ("edge_detection.py", ["--images", "missing.npy"], 1,
+         "edge_detection: `--images` file `missing.npy` does not exist; check the path."),
+        ("benchmark.py", ["--batch-sizes", "0"], 2, "argument --batch-sizes: expected a whole number >= 1, got 0"),
+        ("bench_parallel.py", ["--quick", "--devices", "3"], 1,
+         "bench_parallel: `--devices` 3 is more than the 2 device(s) JAX has; pass --cpu-devices 3 on CPU"),
+    ],
+)
+def test_scripts_answer_bad_arguments_in_one_line(tmp_path, script, args, code, message):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = [] if script == "bench_parallel.py" else ["--out", str(tmp_path / "out")]  # it prints, writes nothing
+    run = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, script), *args, *out],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert run.returncode == code, run.stderr
+    assert "Traceback" not in run.stderr
+    assert message in run.stderr.strip().splitlines()[-1]

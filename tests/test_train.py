@@ -14,7 +14,7 @@ import pytest
 import jaxconv as jc
 from jaxconv import checkpoint, data, models
 from jaxconv.train import evaluate, make_cost, make_eval_step, make_train_step, per_example_grads, stack_params
-from jaxconv.trainer import NonFiniteLoss, TrainConfig, fit
+from jaxconv.loop import NonFiniteLoss, TrainConfig, fit
 
 SHAPE = (16, 32, 32, 1)  # one batch shape for the step tests: one compilation
 

@@ -1,0 +1,147 @@
+"""Fault injection (slow tier): SIGKILL and SIGINT `jaxconv train` at exact points and random times, then resume.
+
+Each faulty run is a child process whose hooks (installed by _HARNESS, not by
+jaxconv) send the signal at the n-th call of a function: a training step
+(mid-epoch), the .npz write inside save_checkpoint (mid-save: the temporary
+file exists, the rename has not happened), the metrics write (between the save
+and metrics.jsonl) or just after it. After `--resume`, the final params must
+be bit-identical to an uninterrupted run, metrics.jsonl must hold every epoch
+exactly once, and no temporary file may be left.
+
+    python -m pytest -m slow tests/test_faults.py
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["train", "--limit", "96", "--batch-size", "32", "--epochs", "3", "--checkpoint-every", "2", "--impl", "lax",
+        "--no-progress"]  # 3 steps an epoch, 9 in all; checkpoints at steps 2, 3, 4, 6, 8, 9 (epoch ends: 3, 6, 9)
+
+_HARNESS = r"""
+import os, signal, sys
+import numpy as np
+from jaxconv import checkpoint, cli, data, loop
+
+where, n, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+calls = [0]
+
+def hit():
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), sig)
+
+def before(module, name):
+    real = getattr(module, name)
+    def hooked(*a, **k):
+        hit()
+        return real(*a, **k)
+    setattr(module, name, hooked)
+
+def after(module, name):
+    real = getattr(module, name)
+    def hooked(*a, **k):
+        out = real(*a, **k)
+        hit()
+        return out
+    setattr(module, name, hooked)
+
+{"step": lambda: before(data, "random_shift"),
+ "mid_save": lambda: after(checkpoint.np, "savez"),
+ "before_metrics": lambda: before(loop, "_write_metrics"),
+ "after_metrics": lambda: after(loop, "_write_metrics"),
+ "none": lambda: None}[where]()
+sys.exit(cli.main(sys.argv[4:]))
+"""
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _train(out, *extra, where="none", n=0, sig="SIGKILL"):
+    return subprocess.run([sys.executable, "-c", _HARNESS, where, str(n), sig, *ARGS, "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=300, env=_env())
+
+
+def _params(out):
+    with np.load(os.path.join(out, "checkpoint.npz"), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files if k.startswith("params")}
+
+
+def _check(out, baseline):
+    a, b = _params(baseline), _params(out)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    history = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    base = [json.loads(line) for line in open(os.path.join(baseline, "metrics.jsonl"))]
+    assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in base]
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults") / "baseline"
+    run = _train(out)
+    assert run.returncode == 0, run.stderr
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    "where, n",
+    [("step", 2), ("step", 5), ("mid_save", 2), ("mid_save", 3), ("before_metrics", 2), ("after_metrics", 1)],
+)
+def test_sigkill_at_exact_points_then_resume(tmp_path, baseline, where, n):
+    out = tmp_path / "run"
+    killed = _train(out, where=where, n=n)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if where == "mid_save":  # the kill left the temporary file of the save it interrupted
+        assert [n for n in os.listdir(out) if n.endswith(".tmp")]
+    if os.path.exists(out / "checkpoint.npz"):
+        resumed = _train(out, "--resume")
+    else:  # killed before the first checkpoint: nothing to resume, the directory holds no run yet
+        resumed = _train(out)
+    assert resumed.returncode == 0, resumed.stderr
+    _check(out, baseline)
+
+
+@pytest.mark.parametrize("where, n", [("step", 5), ("mid_save", 3)])
+def test_sigint_is_one_line_and_resumes(tmp_path, baseline, where, n):
+    out = tmp_path / "run"
+    run = _train(out, where=where, n=n, sig="SIGINT")
+    assert run.returncode == 130, run.stderr
+    last = run.stderr.strip().splitlines()
+    assert len(last) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert last[0].startswith("jaxconv train: interrupted at step ") and last[0].endswith("; resume with --resume")
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]  # an interrupted save cleans up after itself
+    resumed = _train(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    _check(out, baseline)
+
+
+def test_sigkill_at_random_times_then_resume(tmp_path, baseline):
+    rng = random.Random(0)
+    for trial in range(2):
+        out = tmp_path / f"run{trial}"
+        proc = subprocess.Popen([sys.executable, "-c", _HARNESS, "none", "0", "SIGKILL", *ARGS, "--out", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+        while not (out / "config.json").exists() and proc.poll() is None:  # training has started
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))
+        proc.kill()
+        proc.wait()
+        extra = ("--resume",) if (out / "checkpoint.npz").exists() else ("--overwrite",)
+        resumed = _train(out, *extra)
+        assert resumed.returncode == 0, resumed.stderr
+        _check(out, baseline)
