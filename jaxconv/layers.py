@@ -77,21 +77,20 @@ def _compiled_init(op, init):
     """init with its key checked; called eagerly, the whole init runs as one compiled program.
 
     Eagerly, every jax.random draw of a new shape compiles on its own (LeNet-5's init took
-    seconds); inside jit every draw of every layer is one program, compiled once.
+    7-11 s). Here the built-in initialisers share one draw per dtype (`initializers.DrawPool`)
+    from `initializers.init_key(key)`, a generator that compiles in milliseconds.
     """
 
     def checked(key, input_shape):
         _check_key(op, key)
-        if isinstance(key, jax.core.Tracer):  # already inside a trace (an outer init, eval_shape, jit)
+        if isinstance(key, jax.core.Tracer) or initializers.in_pooled_init():  # inside an outer init or a trace
             return init(key, input_shape)
-        box = {}
-
-        def params_only(k):
-            box["shape"], params = init(k, input_shape)
-            return params
-
-        params = jax.jit(params_only)(key)
-        return box["shape"], params
+        key = initializers.init_key(key)
+        with initializers.pooled(initializers.DrawPool()) as counts:  # pass 1, traced only: count the draws
+            jax.eval_shape(lambda k: init(k, input_shape)[1], key)
+        with initializers.pooled(initializers.DrawPool(counts.sizes, key)):  # pass 2: slice one draw per dtype
+            out_shape, params = init(key, input_shape)
+        return out_shape, jax.device_put(params)
 
     return checked
 
