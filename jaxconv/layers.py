@@ -277,6 +277,7 @@ def _pool_layer(op, kind, fn, window, stride, padding, **extra):
         _check_params(op, params, ())
         return fn(x, window, stride, padding, **extra)
 
+    init.__qualname__ = f"{op}.<locals>.init"  # the op name in error messages
     return _layer(kind, init, apply)
 
 
@@ -327,6 +328,7 @@ def _elementwise(name, kind, fn) -> Callable[[], Layer]:
             _check_params(name, params, ())
             return fn(x)
 
+        init.__qualname__ = f"{name}.<locals>.init"  # the op name in error messages
         return _layer(kind, init, apply)
 
     constructor.__name__ = constructor.__qualname__ = name
