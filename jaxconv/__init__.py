@@ -3,10 +3,12 @@
 Layers: pure functions (`conv2d`, `max_pool`, `dense`, ...) at the bottom,
 layer constructors over them (`Conv2D`, `MaxPool`, `serial`, ...), models
 over layers (`jaxconv.models.lenet5`), training on top (`jaxconv.train`).
+The branch combinator `parallel` lives in `jaxconv.layers` (`jaxconv.parallel` is the
+multi-device module).
 Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 """
 
-from jaxconv import checkpoint, data, initializers, models, parallel, train
+from jaxconv import checkpoint, data, initializers, layers, models, parallel, train
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv._platform import cpu_devices
 from jaxconv.conv import conv2d
@@ -29,7 +31,6 @@ from jaxconv.layers import (
     fan_in_sum,
     fan_out,
     identity,
-    parallel,
     residual,
     serial,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "global_avg_pool",
     "identity",
     "initializers",
+    "layers",
     "log_softmax",
     "max_pool",
     "models",

@@ -31,10 +31,10 @@ from jaxconv import (
     fan_in_sum,
     fan_out,
     identity,
-    parallel,
     residual,
     serial,
 )
+from jaxconv.layers import parallel
 from jaxconv.train import evaluate, make_train_step, per_example_grads, stack_params
 
 KEY = jax.random.key(0)
