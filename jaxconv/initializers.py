@@ -151,7 +151,8 @@ class DrawPool:
         self.sizes, self.values, self.offsets = dict(sizes or {}), {}, {}
         if key is not None:
             for i, ((dist, dtype), n) in enumerate(sorted(self.sizes.items())):
-                self.values[dist, dtype] = np.asarray(_pool_draw(key, i, dist, n, dtype))
+                values = _pool_draw(key, i, dist, n, dtype)
+                self.values[dist, dtype] = values if isinstance(values, jax.core.Tracer) else np.asarray(values)
                 self.offsets[dist, dtype] = 0
 
     def take(self, dist, shape, dtype):

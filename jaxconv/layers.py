@@ -83,14 +83,16 @@ def _compiled_init(op, init):
 
     def checked(key, input_shape):
         _check_key(op, key)
-        if isinstance(key, jax.core.Tracer) or initializers.in_pooled_init():  # inside an outer init or a trace
+        if initializers.in_pooled_init():  # inside an outer layer's init: its passes cover this one
             return init(key, input_shape)
         key = initializers.init_key(key)
         with initializers.pooled(initializers.DrawPool()) as counts:  # pass 1, traced only: count the draws
             jax.eval_shape(lambda k: init(k, input_shape)[1], key)
         with initializers.pooled(initializers.DrawPool(counts.sizes, key)):  # pass 2: slice one draw per dtype
             out_shape, params = init(key, input_shape)
-        return out_shape, jax.device_put(params)
+        # Eagerly the leaves are numpy arrays: put them on the device (no compiling); under an
+        # outer jit / eval_shape they are traced values, and the same values as eagerly.
+        return out_shape, params if isinstance(key, jax.core.Tracer) else jax.device_put(params)
 
     return checked
 

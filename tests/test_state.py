@@ -334,6 +334,18 @@ def test_error_bad_batchnorm_and_dropout_arguments():
         parallel(identity(), identity()).apply({"identity1": {}, "identity2": {}}, jnp.ones(2))
 
 
+def test_init_gives_the_same_params_eagerly_and_under_jit():
+    net = serial(("conv", Conv2D(3, 3)), ("bn", BatchNorm()), GlobalAvgPool(), ("fc", Dense(4, w_init=lambda k, s: jax.random.normal(k, s))))
+    _, eager = net.init(KEY, (1, 6, 6, 2))
+    traced = jax.jit(lambda k: net.init(k, (1, 6, 6, 2))[1])(KEY)
+    for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(traced)):
+        np.testing.assert_allclose(a, b, rtol=1e-15, atol=0)  # the scaling: numpy eagerly, XLA under jit (1 ulp)
+    _, again = net.init(KEY, (1, 6, 6, 2))
+    _, other = net.init(jax.random.key(1), (1, 6, 6, 2))
+    assert np.array_equal(eager["conv"]["w"], again["conv"]["w"]) and not np.allclose(eager["conv"]["w"], other["conv"]["w"])
+    assert not np.allclose(eager["fc"]["w"], 0) and float(np.std(eager["conv"]["w"])) > 0.1
+
+
 # ---------------------------------------------------------------------------
 # dtypes (the tests run with jax_enable_x64 on).
 # ---------------------------------------------------------------------------
