@@ -465,6 +465,11 @@ def _check_tree(op, tree, names, what):
         )
 
 
+def _child_keys(key, n):
+    """Child i's init key: fold_in(key, i), as in apply (one compiled shape for any n, unlike split)."""
+    return [jax.random.fold_in(key, i) for i in range(n)]
+
+
 def _chain_init(named, keys, shape):
     params = {}
     for k, (name, layer) in zip(keys, named):
@@ -509,7 +514,7 @@ def serial(*layers) -> Layer:
     names = [name for name, _ in named]
 
     def init(key, input_shape):
-        return _chain_init(named, jax.random.split(key, len(named)), tuple(input_shape))
+        return _chain_init(named, _child_keys(key, len(named)), tuple(input_shape))
 
     def init_state(input_shape):
         return _chain_init_state(named, tuple(input_shape))
@@ -541,7 +546,7 @@ def parallel(*layers) -> Layer:
 
     def init(key, input_shapes):
         check_inputs(input_shapes, "`input_shape`")
-        shapes, params, keys = [], {}, jax.random.split(key, len(named))
+        shapes, params, keys = [], {}, _child_keys(key, len(named))
         for i, ((name, layer), shape) in enumerate(zip(named, input_shapes)):
             with _inside(name):
                 shape, params[name] = layer.init(keys[i], tuple(shape))
@@ -682,7 +687,7 @@ def residual(block: Layer, shortcut: Layer | None = None, activation: Layer | No
             )
 
     def init(key, input_shape):
-        shape, keys = tuple(input_shape), jax.random.split(key, len(named))
+        shape, keys = tuple(input_shape), _child_keys(key, len(named))
         y_shape, params = _chain_init(named[:n_body], keys, shape)
         with _inside("shortcut"):
             s_shape, params["shortcut"] = named[n_body][1].init(keys[n_body], shape)
