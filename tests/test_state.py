@@ -209,6 +209,7 @@ def test_train_step_carries_state_and_eval_uses_it():
         evaluate(net.apply, new_params, x, y)
 
 
+@pytest.mark.slow
 def test_ensemble_vmaps_params_and_state_together():
     net = small_bn_net()
     shape = (8, 6, 6, 2)
