@@ -4,10 +4,12 @@ Layers: pure functions (`conv2d`, `max_pool`, `dense`, ...) at the bottom,
 layer constructors over them (`Conv2D`, `MaxPool`, `serial`, ...), models
 over layers (`jaxconv.models.lenet5`), training on top (the compiled steps in
 `jaxconv.train`, the loop behind `jaxconv train` in `jaxconv.loop`).
+The branch combinator `parallel` lives in `jaxconv.layers` (`jaxconv.parallel` is the
+multi-device module).
 Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 """
 
-from jaxconv import checkpoint, data, devices, initializers, models, parallel, reference, train
+from jaxconv import checkpoint, data, devices, initializers, layers, models, parallel, reference, train
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.devices import cpu_devices
 from jaxconv.conv import conv2d
@@ -16,9 +18,11 @@ from jaxconv.layers import (
     AdaptiveAvgPool,
     AdaptiveMaxPool,
     AvgPool,
+    BatchNorm,
     Conv2D,
     Dense,
     Elu,
+    Dropout,
     Flatten,
     Gelu,
     GlobalAvgPool,
@@ -33,6 +37,11 @@ from jaxconv.layers import (
     Softmax,
     Softplus,
     Tanh,
+    fan_in_concat,
+    fan_in_sum,
+    fan_out,
+    identity,
+    residual,
     serial,
 )
 from jaxconv.nn import (
@@ -64,9 +73,11 @@ __all__ = [
     "AdaptiveAvgPool",
     "AdaptiveMaxPool",
     "AvgPool",
+    "BatchNorm",
     "Conv2D",
     "Dense",
     "Elu",
+    "Dropout",
     "Flatten",
     "Gelu",
     "GlobalAvgPool",
@@ -98,6 +109,9 @@ __all__ = [
     "devices",
     "dense",
     "elu",
+    "fan_in_concat",
+    "fan_in_sum",
+    "fan_out",
     "flatten",
     "format_summary",
     "gelu",
@@ -105,6 +119,9 @@ __all__ = [
     "gradcheck",
     "initializers",
     "leaky_relu",
+    "identity",
+    "initializers",
+    "layers",
     "log_softmax",
     "max_pool",
     "models",
@@ -112,6 +129,7 @@ __all__ = [
     "reference",
     "relu",
     "relu6",
+    "residual",
     "serial",
     "sigmoid",
     "silu",

@@ -341,6 +341,7 @@ def make_parallel_train_step(
     ensemble: bool = False,
     chunk_size="auto",
     donate: bool = True,
+    stateful: bool = False,
 ) -> Callable:
     """The `jaxconv.train` step compiled for a data-parallel mesh.
 
@@ -352,6 +353,12 @@ def make_parallel_train_step(
     J = (1/m) Σᵢ L⁽ⁱ⁾, and the all-reduce XLA inserts sums them: the update
     equals the one-device update on the whole batch, up to float rounding.
 
+    stateful=True (models with BatchNorm / Dropout): step(params, opt_state, x, y,
+    state, key) -> (params, opt_state, metrics, state), positional, state
+    replicated. BatchNorm's batch statistics are over the GLOBAL batch: under jit
+    the mean over the sharded batch axis is a global mean (XLA all-reduces it), so
+    the step equals the one-device step on the whole batch.
+
     chunk_size: as in `make_train_step`, counted in examples of the whole
     (global) batch: "auto" accumulates the gradient over chunks of 128 on CPU
     (64 per device on 2 devices; LeNet-5 at batch 512 on 2 CPU devices:
@@ -360,6 +367,13 @@ def make_parallel_train_step(
     """
     step = make_train_step(apply, optimizer, loss, ensemble=ensemble, chunk_size=chunk_size, jit=False)
     data, whole = batch_sharding(mesh), replicated_sharding(mesh)
+    if stateful:
+        return jax.jit(
+            lambda params, opt_state, x, y, state, key: step(params, opt_state, x, y, state=state, key=key),
+            in_shardings=(whole, whole, data, data, whole, whole),
+            out_shardings=(whole, whole, whole, whole),
+            donate_argnums=(0, 1) if donate else (),
+        )
     return jax.jit(
         step,
         in_shardings=(whole, whole, data, data),  # shardings broadcast over the params / opt_state pytrees

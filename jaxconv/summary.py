@@ -20,6 +20,7 @@ class SummaryRow(NamedTuple):
     size: int  # activation size n_H·n_W·n_C
     params: int  # number of parameters
     macs: int  # multiply-accumulates per example
+    depth: int = 0  # 0 for the model's own layers, 1 inside a branch / block, ...
 
 
 def count_params(params) -> int:
@@ -36,42 +37,96 @@ def _macs(params, out_shape) -> int:
     return math.prod(out_shape) * math.prod(w.shape[:-1])
 
 
+def _shape_of(y):
+    """Per-example shape of an output, or a tuple of them for branch outputs (fan_out, parallel)."""
+    if isinstance(y, (tuple, list)):
+        return tuple(_shape_of(t) for t in y)
+    return tuple(int(n) for n in y.shape[1:])
+
+
+def _size_of(shape):
+    return sum(_size_of(s) for s in shape) if shape and isinstance(shape[0], tuple) else math.prod(shape)
+
+
+def _apply_shape(layer, params, state, x):
+    from jaxconv.layers import _call  # the one place that knows every apply's protocol
+
+    return jax.eval_shape(lambda p, s, x: _call(layer, p, x, s, None, False, {})[0], params, state, x)
+
+
+def _rows(name, layer, params, state, x, depth):
+    """Rows for `layer` (named `name`) applied to x, its children's rows indented after it; returns (rows, y)."""
+    children = dict(layer.children)
+    if not children or layer.kind not in ("serial", "parallel", "residual"):
+        y = _apply_shape(layer, params, state, x)
+        shape = _shape_of(y)
+        macs = 0 if shape and isinstance(shape[0], tuple) else _macs(params, shape)
+        return [SummaryRow(name, shape, _size_of(shape), count_params(params), macs, depth)], y
+    sub = []
+    if layer.kind == "parallel":  # branch i gets input i
+        ys = []
+        for (child_name, child), x_i in zip(layer.children, x):
+            rows, y_i = _rows(child_name, child, params[child_name], state[child_name], x_i, depth + 1)
+            sub += rows
+            ys.append(y_i)
+        y = tuple(ys)
+    else:
+        names = [n for n, _ in layer.children]
+        body = names[: names.index("shortcut")] if layer.kind == "residual" else names
+        y = x
+        for child_name in body:
+            rows, y = _rows(child_name, children[child_name], params[child_name], state[child_name], y, depth + 1)
+            sub += rows
+        if layer.kind == "residual":  # y = after(body(x) + shortcut(x))
+            rows, _ = _rows("shortcut", children["shortcut"], params["shortcut"], state["shortcut"], x, depth + 1)
+            sub += rows
+            for child_name in names[names.index("shortcut") + 1 :]:
+                rows, y = _rows(child_name, children[child_name], params[child_name], state[child_name], y, depth + 1)
+                sub += rows
+    shape = _shape_of(y)
+    macs = sum(r.macs for r in sub if r.depth == depth + 1)
+    return [SummaryRow(name, shape, _size_of(shape), count_params(params), macs, depth), *sub], y
+
+
 def summary(layer, input_shape) -> list[SummaryRow]:
-    """Rows (name, activation shape, activation size, # parameters, MACs) for every layer.
+    """Rows (name, activation shape, activation size, # parameters, MACs, depth) for every layer.
 
     Args:
-      layer: a Layer; a `serial` one gets a row per sub-layer, parameter-free ones included.
+      layer: a Layer; a composite one (`serial`) gets a row per sub-layer, parameter-free
+        ones included; a branch or block inside it (`serial`, `parallel`, `residual`) gets a
+        row of its own (its output, its totals) followed by its layers' rows at depth + 1.
       input_shape: (m, n_H, n_W, n_C) with m >= 1 or -1.
 
-    The first row is the input.
+    The first row is the input. Totals: the sum of the depth-0 rows.
     """
+    from jaxconv.layers import _init_state
+
     input_shape = tuple(input_shape)
     if input_shape and input_shape[0] == -1:
         input_shape = (1, *input_shape[1:])
     key = jax.random.key(0)
-    out_shapes = {}
 
     def init(k):
-        out_shapes["out"], params = layer.init(k, input_shape)
-        return params
+        return layer.init(k, input_shape)[1]
 
     params = jax.eval_shape(init, key)
+    state = jax.eval_shape(lambda: _init_state(layer, input_shape)[1])
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype if jax.tree_util.tree_leaves(params) else jnp.float32
     rows = [SummaryRow("input", input_shape[1:], math.prod(input_shape[1:]), 0, 0)]
-    children = layer.children or (("output", layer),)
-    x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-    for name, child in children:
-        child_params = params[name] if layer.children else params
-        x = jax.eval_shape(child.apply, child_params, x)
-        shape = tuple(int(n) for n in x.shape[1:])
-        rows.append(SummaryRow(name, shape, math.prod(shape), count_params(child_params), _macs(child_params, shape)))
+    x = jax.ShapeDtypeStruct(input_shape, dtype)
+    if layer.children and layer.kind == "serial":
+        rows += _rows("model", layer, params, state, x, -1)[0][1:]  # the model's own row dropped: its layers at depth 0
+    else:
+        rows += _rows("output", layer, params, state, x, 0)[0]
     return rows
 
 
 def format_summary(rows: list[SummaryRow]) -> str:
-    """The summary as a text table with a total line."""
+    """The summary as a text table with a total line; rows inside branches and blocks are indented."""
     header = ("layer", "activation shape", "activation size", "# parameters", "MACs")
-    body = [(r.name, str(r.shape), f"{r.size:,}", f"{r.params:,}", f"{r.macs:,}") for r in rows]
-    total = ("total", "", "", f"{sum(r.params for r in rows):,}", f"{sum(r.macs for r in rows):,}")
+    body = [("  " * r.depth + r.name, str(r.shape), f"{r.size:,}", f"{r.params:,}", f"{r.macs:,}") for r in rows]
+    top = [r for r in rows if r.depth == 0]
+    total = ("total", "", "", f"{sum(r.params for r in top):,}", f"{sum(r.macs for r in top):,}")
     table = [header, *body, total]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
 

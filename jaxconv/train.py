@@ -2,6 +2,8 @@
 
     step = make_train_step(model.apply, optax.adam(1e-3))
     params, opt_state, metrics = step(params, opt_state, x, y)
+    # with BatchNorm / Dropout: state in, state out, a key per step
+    params, opt_state, metrics, state = step(params, opt_state, x, y, state=state, key=key)
 
 The steps are pure functions of arrays, compiled once per input shape; the
 same code runs on CPU, GPU or TPU.
@@ -80,18 +82,29 @@ def make_train_step(
 ) -> Callable:
     """A compiled step `step(params, opt_state, x, y) -> (params, opt_state, metrics)`.
 
+    Models with state or randomness (BatchNorm, Dropout) pass them in and get the state back:
+    `step(params, opt_state, x, y, state=state, key=key) -> (params, opt_state, metrics, state)`.
+    With `state` or `key` given, the model runs in train mode (apply(params, x, state=state,
+    key=key, train=True)): BatchNorm normalises with the batch's statistics and returns updated
+    running ones, Dropout drops with `key` (use a new key every step, e.g. fold_in(key, step)).
+    Without either, apply(params, x) is called exactly as before: stateless models are unchanged.
+
     Args:
-      apply: the model's apply(params, x) -> logits (m, K).
+      apply: the model's apply(params, x, ...) -> logits (m, K).
       optimizer: any optax.GradientTransformation.
       loss: per-example loss(logits, y) -> (m,).
       ensemble: params and opt_state carry a leading axis of K independently
         initialised models (stacked with `stack_params`); all K train on the same
-        batch in one compiled, vmapped step. Metrics then have shape (K,).
+        batch in one compiled, vmapped step. Metrics then have shape (K,). `state`
+        is stacked alike (one per member); `key` is one key, split into K.
       chunk_size: accumulate the gradient over chunks of this many examples
         (`lax.scan`), see `num_chunks`. The update is the same — J is the mean
         of the equal-sized chunks' means — only the schedule changes; "auto"
         chunks batches above 128 on CPU, where that is faster. Chunk i holds
         rows i, i + n, i + 2n, ... (`_split`), so a sharded batch stays spread.
+        With `state` or `key`, "auto" never chunks (BatchNorm's batch statistics
+        would become the chunk's); an explicit int chunks, each chunk then one
+        BatchNorm batch, the running statistics updated chunk after chunk.
       donate: donate params and opt_state buffers to the step (they are
         replaced by its outputs, so XLA may update them in place). The arrays
         passed in are then deleted: use the returned ones,
@@ -109,7 +122,17 @@ def make_train_step(
 
     grad_J = jax.value_and_grad(J, has_aux=True)
 
-    def step(params, opt_state, x, y):
+    def J_train(params, state, x, y, key):
+        """J in train mode, with the new state beside the logits as aux."""
+        if state is None:
+            logits, new_state = apply(params, x, key=key, train=True), None  # (m, K)
+        else:
+            logits, new_state = apply(params, x, state=state, key=key, train=True)
+        return cost(loss(logits, y)), (logits, new_state)
+
+    grad_J_train = jax.value_and_grad(J_train, has_aux=True)
+
+    def stateless_step(params, opt_state, x, y):
         n = num_chunks(x.shape[0], chunk_size)
         if n == 1:
             (value, logits), grads = grad_J(params, x, y)
@@ -130,8 +153,43 @@ def make_train_step(
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": value, "accuracy": accuracy(logits, y)}
 
+    def stateful_step(params, opt_state, x, y, state, key):
+        n = 1 if chunk_size == "auto" else num_chunks(x.shape[0], chunk_size)
+        if n == 1:
+            (value, (logits, state)), grads = grad_J_train(params, state, x, y, key)
+        else:
+            xs, ys = _split(x, n), _split(y, n)  # (n, m/n, ...)
+
+            def chunk(carry, ixy):
+                total, state = carry
+                i, xb, yb = ixy
+                k = None if key is None else jax.random.fold_in(key, i)
+                (value, (logits, state)), grads = grad_J_train(params, state, xb, yb, k)
+                return (jax.tree_util.tree_map(jnp.add, total, grads), state), (value, logits)
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            (grads, state), (values, logits) = lax.scan(chunk, (zeros, state), (jnp.arange(n), xs, ys))
+            grads = jax.tree_util.tree_map(lambda g: g / n, grads)
+            value, logits = values.mean(), _merge(logits)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": value, "accuracy": accuracy(logits, y)}, state
+
     if ensemble:
-        step = jax.vmap(step, in_axes=(0, 0, None, None))
+        stateless_step = jax.vmap(stateless_step, in_axes=(0, 0, None, None))
+        vmapped = jax.vmap(stateful_step, in_axes=(0, 0, None, None, 0, 0))
+
+        def stateful_step(params, opt_state, x, y, state, key):
+            members = jax.tree_util.tree_leaves(params)[0].shape[0]
+            keys = None if key is None else jax.random.split(key, members)
+            return vmapped(params, opt_state, x, y, state, keys)
+
+    def step(params, opt_state, x, y, state=None, key=None):
+        if state is None and key is None:
+            return stateless_step(params, opt_state, x, y)
+        out = stateful_step(params, opt_state, x, y, state, key)
+        return out if state is not None else out[:3]
+
     if not jit:
         return step
     compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ())
@@ -168,14 +226,18 @@ def stack_params(trees):
 
 
 def make_eval_step(apply: Callable, loss: Callable = softmax_cross_entropy) -> Callable:
-    """A compiled `eval_step(params, x, y, mask) -> (Σ loss, Σ correct, logits)` over the real examples.
+    """A compiled `eval_step(params, x, y, mask, state=None) -> (Σ loss, Σ correct, logits)` over the real examples.
 
     mask (m,) is 1 for real examples and 0 for padding, so every batch can be
-    padded to one size and compiled once.
+    padded to one size and compiled once. With `state` (BatchNorm's running
+    statistics) the model runs in eval mode: apply(params, x, state=state, train=False).
     """
 
-    def eval_step(params, x, y, mask):
-        logits = apply(params, x)  # (m, K)
+    def eval_step(params, x, y, mask, state=None):
+        if state is None:
+            logits = apply(params, x)  # (m, K)
+        else:
+            logits, _ = apply(params, x, state=state, train=False)
         losses = loss(logits, y)  # (m,)
         labels = y if jnp.issubdtype(y.dtype, jnp.integer) else y.argmax(-1)
         correct = (logits.argmax(-1) == labels).astype(losses.dtype)
@@ -184,8 +246,11 @@ def make_eval_step(apply: Callable, loss: Callable = softmax_cross_entropy) -> C
     return jax.jit(eval_step)
 
 
-def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softmax_cross_entropy, eval_step=None):
-    """Mean loss and accuracy of `params` on (x, y), in batches of `batch_size`.
+def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softmax_cross_entropy, eval_step=None, state=None):
+    """Mean loss and accuracy of `params` on (x, y), in batches of `batch_size`, in eval mode.
+
+    x: (m, n_H, n_W, n_C); y: (m,) or (m, K). `state`: the model's state (BatchNorm's
+    running statistics), required for models that have one.
 
     The ragged last batch is padded to `batch_size` and masked, so one
     compilation serves every batch. Pass `eval_step` (from make_eval_step) to
@@ -212,7 +277,10 @@ def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softm
         if n < batch_size:  # pad the ragged last batch to the compiled size
             xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, np.zeros((batch_size - n, *yb.shape[1:]), yb.dtype)])
-        batch_loss, batch_correct, batch_logits = eval_step(params, xb, yb, mask)
+        if state is None:
+            batch_loss, batch_correct, batch_logits = eval_step(params, xb, yb, mask)
+        else:
+            batch_loss, batch_correct, batch_logits = eval_step(params, xb, yb, mask, state)
         total_loss += float(batch_loss)
         total_correct += float(batch_correct)
         logits.append(np.asarray(batch_logits)[:n])
@@ -222,15 +290,22 @@ def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softm
     return {"loss": total_loss / m, "accuracy": total_correct / m, "logits": logits}
 
 
-def per_example_grads(apply: Callable, loss: Callable, params, x, y):
+def per_example_grads(apply: Callable, loss: Callable, params, x, y, *, state=None):
     """∇L(ŷ⁽ⁱ⁾, y⁽ⁱ⁾) for every example i, by `jax.vmap(jax.grad(...))`.
 
     x: (m, n_H, n_W, n_C); y: (m,) or (m, K). Returns a pytree like params with
     a leading axis m on every leaf; its mean over that axis is the gradient of J.
     Works because every jaxconv op takes one example without the batch axis.
+
+    Models with BatchNorm: pass `state`; the gradients are then those of eval mode
+    (running statistics), the only mode in which one example's loss depends on that
+    example alone. In train mode BatchNorm couples the examples of a batch, so a
+    per-example gradient does not exist; Dropout is off (eval mode) here too.
     """
 
     def example_loss(p, x_i, y_i):
-        return loss(apply(p, x_i), y_i)  # one example: (n_H, n_W, n_C) -> scalar
+        if state is None:
+            return loss(apply(p, x_i), y_i)  # one example: (n_H, n_W, n_C) -> scalar
+        return loss(apply(p, x_i, state=state, train=False)[0], y_i)
 
     return jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)

@@ -89,7 +89,8 @@ def test_lenet5_has_61706_parameters():
 
 @pytest.mark.parametrize("impl", ["lax", "hand", "hand_autodiff"])
 def test_models_apply_shapes(impl):
-    for model, n_C in ((lenet5(impl=impl), 1), (seed_cnn(impl=impl), 3)):
+    # float32 models (dtype=): the tests run with x64 on, where params would default to float64.
+    for model, n_C in ((lenet5(impl=impl, dtype=jnp.float32), 1), (seed_cnn(impl=impl, dtype=jnp.float32), 3)):
         shape, params = init_shapes(model, (-1, 32, 32, n_C))
         y = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((2, 32, 32, n_C), jnp.float32))
         assert shape == (-1, 10) and y.shape == (2, 10) and y.dtype == jnp.float32
@@ -152,8 +153,8 @@ def test_serial_names_by_kind_and_position():
 
 
 def test_serial_explicit_names_and_nesting():
-    block = serial(("c", Conv2D(2, 3)), ("act", Tanh()))
-    net = serial(("block", block), Flatten(), ("head", Dense(3)))
+    block = serial(("c", Conv2D(2, 3, dtype=jnp.float32)), ("act", Tanh()))
+    net = serial(("block", block), Flatten(), ("head", Dense(3, dtype=jnp.float32)))
     shape, _ = init_shapes(net, (-1, 6, 6, 1))
     params = jax.jit(lambda k: net.init(k, (-1, 6, 6, 1))[1])(KEY)
     assert shape == (-1, 3)
