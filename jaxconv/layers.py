@@ -92,9 +92,30 @@ def _compiled_init(op, init):
             out_shape, params = init(key, input_shape)
         # Eagerly the leaves are numpy arrays: put them on the device (no compiling); under an
         # outer jit / eval_shape they are traced values, and the same values as eagerly.
-        return out_shape, params if isinstance(key, jax.core.Tracer) else jax.device_put(params)
+        return out_shape, params if isinstance(key, jax.core.Tracer) else _device_put_in_order(params)
 
     return checked
+
+
+def _device_put_in_order(params):
+    """jax.device_put of a nested dict of arrays, keeping each dict's key order (pytree flattening sorts
+    keys, and params read best in layer order: conv1, relu1, pool1, ...)."""
+    leaves = []
+
+    def collect(node):
+        if isinstance(node, dict):
+            for child in node.values():
+                collect(child)
+        else:
+            leaves.append(node)
+
+    collect(params)
+    on_device = iter(jax.device_put(leaves))
+
+    def rebuild(node):
+        return {k: rebuild(v) for k, v in node.items()} if isinstance(node, dict) else next(on_device)
+
+    return rebuild(params)
 
 
 def _shape_only_init_state(init):
