@@ -82,8 +82,9 @@ def Conv2D(
     impl: str = "auto",
     w_init=initializers.he_normal,
     b_init=initializers.zeros,
+    algorithm: str = "auto",
 ) -> Layer:
-    """Convolution layer of `n_filters` filters of size f (an int or (f_H, f_W)).
+    """Convolution layer of `n_filters` filters of size f (an int or (f_H, f_W)); impl and algorithm as in `conv2d`.
 
     params: {"w": (f_H, f_W, n_C / groups, n_filters), "b": (n_filters,)} ("b" only with use_bias).
     """
@@ -91,8 +92,7 @@ def Conv2D(
     if isinstance(n_filters, bool) or not isinstance(n_filters, int) or n_filters < 1:
         raise ValueError(f"{op}: `n_filters` must be an int >= 1, got {n_filters!r}.")
     f = _conv._args.pair(f, "f", op, minimum=1)
-    if impl not in _conv.IMPLS:
-        raise ValueError(f"{op}: unknown `impl` {impl!r}. It needs to be one of {list(_conv.IMPLS)}.")
+    _conv.check_impl(impl, algorithm, op)
     options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     keys = ("w", "b") if use_bias else ("w",)
 
@@ -111,7 +111,7 @@ def Conv2D(
 
     def apply(params, x, **kwargs):
         _check_params(op, params, keys)
-        return _conv.conv2d(x, params["w"], params.get("b"), impl=impl, **options)
+        return _conv.conv2d(x, params["w"], params.get("b"), impl=impl, algorithm=algorithm, **options)
 
     return _layer("conv", init, apply)
 
