@@ -1,6 +1,7 @@
 """The hand-rolled algorithm as a public choice: conv2d(..., impl="hand", algorithm=...)."""
 
 import re
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -69,3 +70,55 @@ def test_conv2d_layer_checks_the_algorithm_at_construction():
         Conv2D(4, 3, algorithm="row")
     with pytest.raises(ValueError, match=re.escape("Conv2D: `algorithm` ('im2col') chooses among the hand-rolled algorithms, but impl='lax' has none")):
         Conv2D(4, 3, impl="lax", algorithm="im2col")
+
+
+# --------------------------------------------------------------------------- NaN and Inf (#14.7)
+
+NONFINITE_X, NONFINITE_W = (1, 32, 32, 6), (5, 5, 6, 16)  # the issue's case: one bad pixel into a 5x5 16-filter conv
+NONFINITE_CASES = [("auto", "auto"), ("hand", "auto"), ("hand", "im2col"), ("hand", "rows"), ("hand", "taps"), ("hand_autodiff", "auto")]
+
+
+def _nonfinite_inputs(where):
+    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, NONFINITE_X, jnp.float32)
+    w = jax.random.normal(kw, NONFINITE_W, jnp.float32)
+    g = jax.random.normal(kg, (1, 28, 28, 16), jnp.float32)
+    if where == "x NaN":
+        x = x.at[0, 10, 12, 2].set(jnp.nan)
+    elif where == "x Inf":
+        x = x.at[0, 10, 12, 2].set(jnp.inf)
+    elif where == "dZ NaN":
+        g = g.at[0, 5, 7, 3].set(jnp.nan)
+    elif where == "dZ -Inf":
+        g = g.at[0, 5, 7, 3].set(-jnp.inf)
+    return x, w, g
+
+
+@partial(jax.jit, static_argnums=(0, 1))  # one compilation per (impl, algorithm), reused by every case
+def _forward_backward(impl, algorithm, x, w, g):
+    y, vjp = jax.vjp(lambda x, w: conv2d(x, w, impl=impl, algorithm=algorithm), x, w)
+    return (y, *vjp(g))  # Z, dX, dW
+
+
+def _masks(impl, algorithm, x, w, g):
+    return [(np.isnan(a), np.isinf(a)) for a in map(np.asarray, _forward_backward(impl, algorithm, x, w, g))]
+
+
+@pytest.mark.parametrize("where", ["x NaN", "x Inf", "dZ NaN", "dZ -Inf"])
+def test_every_algorithm_gives_lax_nan_and_inf_pattern(where):
+    x, w, g = _nonfinite_inputs(where)
+    want = _masks("lax", "auto", x, w, g)
+    assert any(m.any() for pair in want for m in pair)  # the case does produce non-finite values
+    for impl, algorithm in NONFINITE_CASES:
+        got = _masks(impl, algorithm, x, w, g)
+        for name, (nan_g, inf_g), (nan_w, inf_w) in zip(("Z", "dX", "dW"), got, want):
+            assert np.array_equal(nan_g, nan_w), (impl, algorithm, name, "NaN", nan_g.sum(), nan_w.sum())
+            assert np.array_equal(inf_g, inf_w), (impl, algorithm, name, "Inf", inf_g.sum(), inf_w.sum())
+
+
+def test_nan_pixel_reaches_only_its_windows():
+    """Hand-computed: a NaN at (10, 12) reaches outputs h in 6..10, w in 8..12 of all 16 filters: 5·5·16 = 400."""
+    x, w, g = _nonfinite_inputs("x NaN")
+    for impl, algorithm in NONFINITE_CASES:
+        (nan, _), _, _ = _masks(impl, algorithm, x, w, g)
+        assert nan.sum() == 400 and nan[0, 6:11, 8:13].all(), (impl, algorithm, nan.sum())

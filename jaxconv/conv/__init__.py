@@ -13,6 +13,8 @@ The package, file by file:
   forward above its hand-derived backward;
 - `policy.py`: which impl and algorithm a layer gets, every tuned threshold in
   one table (`TUNED`);
+- `guard.py`: inputs with NaN or Inf take im2col, which spreads them exactly
+  as the direct sum (and lax) does;
 - `geometry.py`: argument checks, sizes, padding; `shard.py`: the shard_map shim.
 Every hand-rolled algorithm is a custom VJP `algorithm.conv(x, w, b, plan)`.
 """
@@ -24,6 +26,7 @@ from jax import lax
 from jaxconv import _args
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.conv import im2col, policy, rows, taps
+from jaxconv.conv.guard import guarded
 from jaxconv.conv.geometry import Plan, conv_geometry
 from jaxconv.conv.policy import ALGORITHMS, TUNED, hand_algorithm, resolve_impl, rows_block, taps_chunk
 from jaxconv.conv.shard import same_varying_axes
@@ -129,7 +132,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
         x, w, b = same_varying_axes(x, w, b)
         if algorithm == "auto":
             algorithm = hand_algorithm(x.shape, w_shape, geom)
-        z = _HAND[algorithm](x, w, b, policy.plan(algorithm, x.shape, w_shape, geom))
+        plan = policy.plan(algorithm, x.shape, w_shape, geom)
+        z = im2col.conv(x, w, b, plan) if algorithm == "im2col" else guarded(x, w, b, _HAND[algorithm], plan)
     else:
         z = im2col.forward(x, w, b, Plan(*geom))[0]
     return z[0] if single else z
