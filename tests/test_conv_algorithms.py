@@ -122,3 +122,49 @@ def test_nan_pixel_reaches_only_its_windows():
     for impl, algorithm in NONFINITE_CASES:
         (nan, _), _, _ = _masks(impl, algorithm, x, w, g)
         assert nan.sum() == 400 and nan[0, 6:11, 8:13].all(), (impl, algorithm, nan.sum())
+
+
+# --------------------------------------------------------------------------- the XLA CPU abort (#14.8)
+
+_ABORT_SCRIPT = """
+import jax, numpy as np
+from jaxconv import conv2d
+x = np.ones((1, 6, 3, 1), np.float32)
+w = np.ones((2, 2, 1, 1), np.float32)
+kw = dict(stride=(2, 3), padding=((1, 1), (0, 0)), dilation=(1, 2))
+dx = jax.grad(lambda x: conv2d(x, w, **kw).sum())(x)  # the default impl
+# Hand-computed: each output's 2x2 window of ones sends 1 to the pixels it reads (rows 2h - 1 + i, columns 0 and 2).
+want = np.zeros((1, 6, 3, 1), np.float32)
+want[0, :, [0, 2], 0] = 1
+np.testing.assert_array_equal(np.asarray(dx), want)
+print("ok")
+"""
+
+
+def test_default_impl_survives_the_xla_abort_geometry():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _ABORT_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_abort_rule_covers_every_probed_abort():
+    """Geometries whose lax gradient aborted in subprocess probes (jaxlib 0.10.2 CPU), and some that compiled."""
+    from jaxconv.conv import conv_geometry, policy
+
+    aborted = [
+        ((1, 6, 3, 1), (2, 2, 1, 1), dict(stride=(2, 3), padding=((1, 1), (0, 0)), dilation=(1, 2))),
+        ((2, 6, 3, 4), (2, 2, 4, 3), dict(stride=(2, 3), padding=((1, 1), (0, 0)), dilation=(1, 2))),
+        ((1, 6, 3, 1), (2, 2, 1, 1), dict(stride=(2, 1), padding=((1, 1), (0, 0)), dilation=(1, 2))),
+        ((1, 6, 4, 1), (2, 2, 1, 1), dict(stride=(2, 3), padding=((1, 1), (0, 0)))),
+        ((1, 3, 6, 1), (2, 2, 1, 1), dict(stride=(3, 2), padding=((0, 0), (1, 1)), dilation=(2, 1))),
+    ]
+    compiled = [
+        ((1, 6, 3, 1), (2, 2, 1, 1), dict(stride=(2, 3), dilation=(1, 2))),  # no padding
+        ((1, 6, 3, 1), (2, 2, 1, 1), dict(stride=(1, 3), padding=((1, 1), (0, 0)), dilation=(1, 2))),  # padded axis stride 1
+        ((1, 6, 7, 1), (2, 2, 1, 1), dict(stride=(2, 3), padding=((1, 1), (0, 0)))),  # two output columns
+    ]
+    rule = lambda xs, ws, kw: policy.lax_grad_aborts(xs, ws, conv_geometry(xs, ws, **kw)[:4])
+    assert all(rule(*case) for case in aborted)
+    assert not any(rule(*case) for case in compiled)
