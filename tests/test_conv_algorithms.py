@@ -168,3 +168,34 @@ def test_abort_rule_covers_every_probed_abort():
     rule = lambda xs, ws, kw: policy.lax_grad_aborts(xs, ws, conv_geometry(xs, ws, **kw)[:4])
     assert all(rule(*case) for case in aborted)
     assert not any(rule(*case) for case in compiled)
+
+
+# --------------------------------------------------------------------------- bfloat16: float32 accumulation (#15)
+
+BF16_X, BF16_W = (2, 12, 12, 64), (3, 3, 64, 8)  # 576 products per output, 200 per dW entry
+
+
+def test_bfloat16_accumulates_in_float32_forward_and_backward():
+    """Positive inputs make the sums grow until a bfloat16 accumulator drops whole terms; float32 sums keep
+    every algorithm within one bfloat16 rounding of the float64 result on the same bf16-rounded inputs."""
+    kx, kw = jax.random.split(jax.random.key(4))
+    x = jax.random.uniform(kx, BF16_X, jnp.float32).astype(jnp.bfloat16)
+    w = jax.random.uniform(kw, BF16_W, jnp.float32).astype(jnp.bfloat16)
+    g = jnp.ones((2, 10, 10, 8), jnp.bfloat16)
+    ref_fn = lambda x, w: conv2d(x, w, impl="lax")
+    y64, vjp64 = jax.vjp(ref_fn, x.astype(F64), w.astype(F64))
+    want = [np.asarray(a) for a in (y64, *vjp64(g.astype(F64)))]
+
+    # The case is discriminating: one output's 576 products summed in bfloat16 lose far more than one rounding.
+    prods = (np.asarray(x[0, :3, :3, :], np.float64) * np.asarray(w[..., 0], np.float64)).ravel()
+    total = jnp.bfloat16(0)
+    for p in prods.astype(jnp.bfloat16):
+        total = jnp.bfloat16(total + p)
+    assert abs(float(total) - want[0][0, 0, 0, 0]) > 4 * 2.0**-8 * want[0][0, 0, 0, 0]
+
+    for algorithm in ("im2col", "rows", "taps"):
+        y, vjp = jax.vjp(lambda x, w: conv2d(x, w, impl="hand", algorithm=algorithm), x, w)
+        for name, a, r in zip(("Z", "dX", "dW"), (y, *vjp(g)), want):
+            assert a.dtype == jnp.bfloat16, (algorithm, name, a.dtype)
+            err = np.abs(np.asarray(a, np.float64) - r)
+            assert (err <= 2.0**-8 * np.abs(r) + 1e-6).all(), (algorithm, name, float((err / np.abs(r)).max()))

@@ -79,3 +79,8 @@ def crop(dX_pad, pads, x_shape):
     """The inverse of `pad_input` for gradients: dX = dX_pad without its padding, (m, n_H, n_W, n_C)."""
     (top, _), (left, _) = pads
     return dX_pad[:, top : top + x_shape[1], left : left + x_shape[2], :]
+
+
+def acc_dtype(dtype):
+    """The dtype products are summed in: float32 for bfloat16 and float16 inputs (then cast back), else the input's."""
+    return jnp.float32 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else jnp.dtype(dtype)

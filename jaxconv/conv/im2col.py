@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, crop, out_size, pad_input
+from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input
 
 
 def views(x_pad, f, s, d, n_out):
@@ -47,18 +47,20 @@ def forward(x, w, b, plan: Plan):
     """
     f_H, f_W, n_Cg, n_C_out = w.shape
     G, n_Og, K = plan.groups, n_C_out // plan.groups, f_H * f_W
+    acc = acc_dtype(x.dtype)  # sums in float32 for bfloat16/float16
     x_pad = pad_input(x, plan.pads)  # (m, n_H_pad, n_W_pad, n_C)
     m, n_H_pad, n_W_pad, n_C = x_pad.shape
     n_out = out_size((n_H_pad, n_W_pad), (f_H, f_W), plan.stride, plan.dilation)  # (n_H', n_W')
     P = patches(x_pad, (f_H, f_W), plan.stride, plan.dilation, n_out)  # (m, n_H', n_W', K·n_C)
     if G == 1:
-        z = jnp.dot(P, w.reshape(K * n_C, n_C_out), preferred_element_type=x.dtype)  # Z = P · W
+        z = jnp.dot(P, w.reshape(K * n_C, n_C_out), preferred_element_type=acc)  # Z = P · W
     else:  # Z_g = P_g · W_g for each group g of channels
         P_g = P.reshape(m, *n_out, K, G, n_Cg)
-        z = jnp.einsum("mhwkgc,kcgo->mhwgo", P_g, w.reshape(K, n_Cg, G, n_Og)).reshape(m, *n_out, n_C_out)
+        z = jnp.einsum("mhwkgc,kcgo->mhwgo", P_g, w.reshape(K, n_Cg, G, n_Og), preferred_element_type=acc)
+        z = z.reshape(m, *n_out, n_C_out)
     if b is not None:
         z = z + b  # + b[o]
-    return z, x_pad
+    return z.astype(x.dtype), x_pad
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -84,26 +86,27 @@ def backward(plan: Plan, res, dZ):
     f_H, f_W, n_Cg, n_C_out = w.shape
     m, n_H_out, n_W_out, _ = dZ.shape
     n_C, n_Og, K = x_pad.shape[3], n_C_out // G, f_H * f_W
+    dtype, acc = dZ.dtype, acc_dtype(dZ.dtype)  # sums in float32 for bfloat16/float16
     P = patches(x_pad, (f_H, f_W), plan.stride, plan.dilation, (n_H_out, n_W_out))  # (m, n_H', n_W', K·n_C)
 
-    db = dZ.sum(axis=(0, 1, 2)) if has_bias else None  # db[o] = Σ_{m,h,w} dZ[m, h, w, o]
+    db = dZ.sum(axis=(0, 1, 2), dtype=acc).astype(dtype) if has_bias else None  # db[o] = Σ_{m,h,w} dZ[m, h, w, o]
     if G == 1:
-        dW = jnp.einsum("mhwk,mhwo->ko", P, dZ).reshape(w.shape)  # dW = Pᵀ · dZ
-        dP = jnp.dot(dZ, w.reshape(K * n_C, n_C_out).T)  # dP = dZ · Wᵀ: (m, n_H', n_W', K·n_C)
+        dW = jnp.einsum("mhwk,mhwo->ko", P, dZ, preferred_element_type=acc).reshape(w.shape)  # dW = Pᵀ · dZ
+        dP = jnp.dot(dZ, w.reshape(K * n_C, n_C_out).T, preferred_element_type=acc)  # dP = dZ · Wᵀ: (m, n_H', n_W', K·n_C)
     else:
         P_g, dZ_g = P.reshape(m, n_H_out, n_W_out, K, G, n_Cg), dZ.reshape(m, n_H_out, n_W_out, G, n_Og)
         w_g = w.reshape(K, n_Cg, G, n_Og)
-        dW = jnp.einsum("mhwkgc,mhwgo->kcgo", P_g, dZ_g).reshape(w.shape)  # dW_g = P_gᵀ · dZ_g
-        dP = jnp.einsum("mhwgo,kcgo->mhwkgc", dZ_g, w_g).reshape(m, n_H_out, n_W_out, K * n_C)  # dP_g = dZ_g · W_gᵀ
+        dW = jnp.einsum("mhwkgc,mhwgo->kcgo", P_g, dZ_g, preferred_element_type=acc).reshape(w.shape)  # dW_g = P_gᵀ · dZ_g
+        dP = jnp.einsum("mhwgo,kcgo->mhwkgc", dZ_g, w_g, preferred_element_type=acc).reshape(m, n_H_out, n_W_out, K * n_C)  # dP_g = dZ_g · W_gᵀ
 
     # col2im: P[m, h, w, (i, j, c)] was copied from X_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c],
     # so dX_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c] += dP[m, h, w, (i, j, c)] for every tap (i, j).
-    dX_pad = jnp.zeros(x_pad.shape, dZ.dtype)  # rows the forward never read keep 0
+    dX_pad = jnp.zeros(x_pad.shape, acc)  # rows the forward never read keep 0
     for k in range(K):
         i, j = divmod(k, f_W)
         dP_tap = dP[..., k * n_C : (k + 1) * n_C]  # (m, n_H', n_W', n_C)
         dX_pad = dX_pad.at[:, i * d_H : i * d_H + s_H * (n_H_out - 1) + 1 : s_H, j * d_W : j * d_W + s_W * (n_W_out - 1) + 1 : s_W, :].add(dP_tap)
-    return crop(dX_pad, plan.pads, x_shape), dW, db  # dX = dX_pad without the padding
+    return crop(dX_pad, plan.pads, x_shape).astype(dtype), dW.astype(dtype), db  # dX = dX_pad without the padding
 
 
 conv.defvjp(_fwd, backward)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, crop, pad_input, padded_size
+from jaxconv.conv.geometry import Plan, acc_dtype, crop, pad_input, padded_size
 from jaxconv.conv.policy import TUNED
 
 
@@ -72,11 +72,11 @@ def forward(x, w, b, pads, B):
     m, n_H_pad = x_pad.shape[:2]
     n_H_out = n_H_pad - f_H + 1
     R = _rows(x_pad, f_H, f_W, n_H_out, B)  # (m·n_H'·n_blk, f_H·(B + f_W − 1)·n_C)
-    z = jnp.dot(R, _toeplitz(w, B + f_W - 1), preferred_element_type=x.dtype)  # (m·n_H'·n_blk, B·n_C')
+    z = jnp.dot(R, _toeplitz(w, B + f_W - 1), preferred_element_type=acc_dtype(x.dtype))  # (m·n_H'·n_blk, B·n_C')
     z = z.reshape(m, n_H_out, n_blk * B, n_C_out)[:, :, :n_W_out]  # block k holds columns k·B … k·B + B − 1
     if b is not None:
         z = z + b
-    return z, x_pad
+    return z.astype(x.dtype), x_pad
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -122,31 +122,32 @@ def backward(plan: Plan, res, dZ):
     n_H_pad, n_W_ext = x_pad.shape[1:3]
     n_in, n_blk = B + f_W - 1, (n_W_ext - f_W + 1) // B
 
-    db = dZ.sum(axis=(0, 1, 2)) if has_bias else None  # (n_C',)
+    dtype, acc = dZ.dtype, acc_dtype(dZ.dtype)  # sums in float32 for bfloat16/float16
+    db = dZ.sum(axis=(0, 1, 2), dtype=acc).astype(dtype) if has_bias else None  # (n_C',)
 
     dZ_mat = jnp.pad(dZ, ((0, 0), (0, 0), (0, n_blk * B - n_W_out), (0, 0))).reshape(m * n_H_out * n_blk, B * n_C_out)
     R = _rows(x_pad, f_H, f_W, n_H_out, B)  # (m·n_H'·n_blk, f_H·n_in·n_C)
-    dT = jnp.dot(R.T, dZ_mat).reshape(f_H, n_in, n_C, B, n_C_out)
-    E = jnp.asarray(_band(n_in, f_W), w.dtype)  # (f_W, n_in, B)
+    dT = jnp.dot(R.T, dZ_mat, preferred_element_type=acc).reshape(f_H, n_in, n_C, B, n_C_out)
+    E = jnp.asarray(_band(n_in, f_W), acc)  # (f_W, n_in, B)
     dW = jnp.einsum("jab,iacbo->ijco", E, dT)  # (f_H, f_W, n_C, n_C')
 
     T = _toeplitz(w, n_in).reshape(f_H, n_in, n_C, B, n_C_out)
     dR = jnp.concatenate(
         [
-            jnp.dot(dZ_mat[:, b0 * n_C_out : b1 * n_C_out], T[:, a0:a1, :, b0:b1].reshape(-1, (b1 - b0) * n_C_out).T)
+            jnp.dot(dZ_mat[:, b0 * n_C_out : b1 * n_C_out], T[:, a0:a1, :, b0:b1].reshape(-1, (b1 - b0) * n_C_out).T, preferred_element_type=acc)
             .reshape(m, n_H_out, n_blk, f_H, a1 - a0, n_C)
             for a0, a1, b0, b1 in _dx_groups(n_in, B, f_W)
         ],
         axis=4,
     )  # (m, n_H', n_blk, f_H, n_in, n_C)
-    zero = jnp.zeros((), dZ.dtype)
+    zero = jnp.zeros((), acc)
     dX_pad = None
     for i in range(f_H):  # X_pad[h + i, k·B + a] was copied into R[(h, k), (i, a)]: add it back there
         for k in range(n_blk):
             config = [(0, 0, 0), (i, f_H - 1 - i, 0), (k * B, n_W_ext - k * B - n_in, 0), (0, 0, 0)]
             tap = lax.pad(dR[:, :, k, i], zero, config)  # (m, n_H_pad, n_W_ext, n_C)
             dX_pad = tap if dX_pad is None else dX_pad + tap
-    return crop(dX_pad, pads, x_shape), dW, db
+    return crop(dX_pad, pads, x_shape).astype(dtype), dW.astype(dtype), db
 
 
 conv.defvjp(_fwd, backward)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, crop, out_size, pad_input
+from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input
 
 
 def _tap_offsets(n_W_pad, f, d):
@@ -45,14 +45,14 @@ def _chunk_forward(x, w, pads, d):
     c, n_H_pad, n_W_pad, _ = x_pad.shape
     N, L, offs = _taps_geometry(x_pad, w, d)
     taps = w.transpose(2, 0, 1, 3).reshape(n_C, len(offs) * n_C_out)  # [W_1 … W_K]: (n_C, K·n_C')
-    Y = jnp.dot(x_pad.reshape(N, n_C), taps, preferred_element_type=x.dtype)  # (N, K·n_C')
+    Y = jnp.dot(x_pad.reshape(N, n_C), taps, preferred_element_type=acc_dtype(x.dtype))  # (N, K·n_C')
     z = None
     for k, o in enumerate(offs):
         tap = Y[o : o + L, k * n_C_out : (k + 1) * n_C_out]  # (L, n_C')
         z = tap if z is None else z + tap
     z = jnp.pad(z, ((0, N - L), (0, 0))).reshape(c, n_H_pad, n_W_pad, n_C_out)
     n_H_out, n_W_out = out_size((n_H_pad, n_W_pad), (f_H, f_W), (1, 1), d)
-    return z[:, :n_H_out, :n_W_out]  # (c, n_H', n_W', n_C')
+    return z[:, :n_H_out, :n_W_out].astype(x.dtype)  # (c, n_H', n_W', n_C'), summed in float32 for bfloat16
 
 
 def _chunk_backward(x, dZ, w, pads, d):
@@ -72,15 +72,15 @@ def _chunk_backward(x, dZ, w, pads, d):
     _, n_H_out, n_W_out, _ = dZ.shape
     dZ_flat = jnp.pad(dZ, ((0, 0), (0, n_H_pad - n_H_out), (0, n_W_pad - n_W_out), (0, 0))).reshape(N, n_C_out)[:L]
     taps_T = w.transpose(3, 0, 1, 2).reshape(n_C_out, len(offs) * n_C)  # [W_1ᵀ … W_Kᵀ]: (n_C', K·n_C)
-    dY = jnp.dot(dZ_flat, taps_T, preferred_element_type=x.dtype)  # (L, K·n_C)
+    dY = jnp.dot(dZ_flat, taps_T, preferred_element_type=acc_dtype(x.dtype))  # (L, K·n_C)
     dX_flat = None
     for k, o in enumerate(offs):
         tap = jnp.pad(dY[:, k * n_C : (k + 1) * n_C], ((o, N - L - o), (0, 0)))  # (N, n_C)
         dX_flat = tap if dX_flat is None else dX_flat + tap
-    dX = crop(dX_flat.reshape(c, n_H_pad, n_W_pad, n_C), pads, x.shape)
+    dX = crop(dX_flat.reshape(c, n_H_pad, n_W_pad, n_C), pads, x.shape).astype(x.dtype)
     X = x_pad.reshape(N, n_C)
     P = jnp.concatenate([X[o : o + L] for o in offs], axis=1)  # (L, K·n_C)
-    dW = jnp.dot(P.T, dZ_flat, preferred_element_type=x.dtype).reshape(w.shape)
+    dW = jnp.dot(P.T, dZ_flat, preferred_element_type=acc_dtype(x.dtype)).reshape(w.shape)  # summed over chunks, then cast
     return dX, dW
 
 
@@ -117,17 +117,17 @@ def backward(plan: Plan, res, dZ):
     """db = Σ dZ; dX and dW chunk by chunk (`_chunk_backward`), dW summed over the chunks."""
     x, w, has_bias = res
     pads, d, c = plan.pads, plan.dilation, plan.block or x.shape[0]
-    db = dZ.sum(axis=(0, 1, 2)) if has_bias else None
+    db = dZ.sum(axis=(0, 1, 2), dtype=acc_dtype(dZ.dtype)).astype(dZ.dtype) if has_bias else None
     if c == x.shape[0]:
         dX, dW = _chunk_backward(x, dZ, w, pads, d)
-        return dX, dW, db
+        return dX, dW.astype(w.dtype), db
 
     def chunk(dW, xz):
         dX_c, dW_c = _chunk_backward(*xz, w, pads, d)
         return dW + dW_c, dX_c
 
-    dW, dX = lax.scan(chunk, jnp.zeros_like(w), (_chunks(x, c), _chunks(dZ, c)))
-    return dX.reshape(x.shape), dW, db
+    dW, dX = lax.scan(chunk, jnp.zeros(w.shape, acc_dtype(w.dtype)), (_chunks(x, c), _chunks(dZ, c)))
+    return dX.reshape(x.shape), dW.astype(w.dtype), db
 
 
 conv.defvjp(_fwd, backward)
