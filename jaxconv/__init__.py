@@ -9,10 +9,11 @@ Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 from jaxconv import checkpoint, data, initializers, models, parallel, train
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv._platform import cpu_devices
-from jaxconv.conv import conv2d
+from jaxconv.conv import conv2d, conv_transpose2d
 from jaxconv.layers import (
     AvgPool,
     Conv2D,
+    ConvTranspose2D,
     Dense,
     Flatten,
     GlobalAvgPool,
@@ -46,6 +47,7 @@ __all__ = [
     "LAYOUT",
     "AvgPool",
     "Conv2D",
+    "ConvTranspose2D",
     "Dense",
     "Flatten",
     "GlobalAvgPool",
@@ -61,6 +63,7 @@ __all__ = [
     "avg_pool",
     "checkpoint",
     "conv2d",
+    "conv_transpose2d",
     "conv_output_size",
     "cost",
     "cpu_devices",
