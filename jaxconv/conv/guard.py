@@ -6,8 +6,10 @@ later drops but shift-adds past them; both would mark outputs whose window
 never saw the bad pixel. im2col's patches hold only window pixels, so it gives
 the direct sum's (and lax's) NaN/Inf pattern. `guarded` runs the fast algorithm
 when its inputs are finite and im2col otherwise, forward (x, w) and backward
-(x, w, dZ), with `lax.cond` (under `vmap` with a batched input the cond becomes
-a select that runs both).
+(x, w, dZ), with `lax.cond`. Under `vmap` (per-example gradients, ensembles) the
+check is taken over the whole batch (`_finite`'s batching rule), so the cond stays a
+cond instead of a select that would run both algorithms: one non-finite example
+sends the whole batch to im2col, which is exact for the finite ones too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_batching import custom_vmap
 
 from jaxconv.conv import im2col
 from jaxconv.conv.geometry import Plan
@@ -25,8 +28,17 @@ from jaxconv.conv.geometry import Plan
 def all_finite(*arrays):
     """True when every entry is finite. A sum is non-finite if any term is (NaN, ±Inf, or an overflow, which
     only sends a finite input to im2col: still exact), and one reduction is the cheapest pass over the data."""
-    total = sum(jnp.sum(a, dtype=jnp.float32) for a in arrays if a is not None)
+    return _finite(sum(jnp.sum(a, dtype=jnp.float32) for a in arrays if a is not None))
+
+
+@custom_vmap
+def _finite(total):
     return jnp.isfinite(total)
+
+
+@_finite.def_vmap
+def _finite_batched(axis_size, in_batched, total):
+    return jnp.all(jnp.isfinite(total)), False  # one answer for the whole batch: the cond stays a cond
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
