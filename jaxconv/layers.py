@@ -227,8 +227,10 @@ def Conv2D(
     w_init=initializers.he_normal,
     b_init=initializers.zeros,
     dtype=None,
+    algorithm: str = "auto",
+    padding_mode: str = "zeros",
 ) -> Layer:
-    """Convolution layer of `n_filters` filters of size f (an int or (f_H, f_W)).
+    """Convolution layer of `n_filters` filters of size f (an int or (f_H, f_W)); impl, algorithm, padding_mode as in `conv2d`.
 
     params: {"w": (f_H, f_W, n_C / groups, n_filters), "b": (n_filters,)} ("b" only with use_bias),
     of `dtype` (None: JAX's default float dtype).
@@ -237,8 +239,8 @@ def Conv2D(
     if isinstance(n_filters, bool) or not isinstance(n_filters, int) or n_filters < 1:
         raise ValueError(f"{op}: `n_filters` must be an int >= 1, got {n_filters!r}.")
     f = _conv._args.pair(f, "f", op, minimum=1)
-    if impl not in _conv.IMPLS:
-        raise ValueError(f"{op}: unknown `impl` {impl!r}. It needs to be one of {list(_conv.IMPLS)}.")
+    _conv.check_impl(impl, algorithm, op)
+    _conv.check_padding_mode(padding_mode, op)
     options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     keys = ("w", "b") if use_bias else ("w",)
 
@@ -258,9 +260,57 @@ def Conv2D(
     def apply(params, x, **kwargs):
         _check_params(op, params, keys)
         x, w, b = _promote(x, params["w"], params.get("b"))
-        return _conv.conv2d(x, w, b, impl=impl, **options)
+        return _conv.conv2d(x, w, b, impl=impl, algorithm=algorithm, padding_mode=padding_mode, **options)
 
     return _layer("conv", init, apply)
+
+
+def ConvTranspose2D(
+    n_filters: int,
+    f,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups: int = 1,
+    use_bias: bool = True,
+    impl: str = "auto",
+    w_init=initializers.he_normal,
+    b_init=initializers.zeros,
+    dtype=None,
+) -> Layer:
+    """Transposed convolution layer with `n_filters` output channels (`conv_transpose2d`).
+
+    params: {"w": (f_H, f_W, n_filters / groups, n_C), "b": (n_filters,)} ("b" only with use_bias):
+    w is the HWIO filter of the conv2d it transposes; of `dtype` (None: JAX's default float dtype).
+    """
+    op = "ConvTranspose2D"
+    if isinstance(n_filters, bool) or not isinstance(n_filters, int) or n_filters < 1:
+        raise ValueError(f"{op}: `n_filters` must be an int >= 1, got {n_filters!r}.")
+    f = _conv._args.pair(f, "f", op, minimum=1)
+    if impl not in _conv.TRANSPOSE_IMPLS:
+        raise ValueError(f"{op}: unknown `impl` {impl!r}. It needs to be one of {list(_conv.TRANSPOSE_IMPLS)}.")
+    if n_filters % groups:
+        raise ValueError(f"{op}: `groups` (={groups}) must divide `n_filters` (={n_filters}).")
+    options = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
+    keys = ("w", "b") if use_bias else ("w",)
+
+    def init(key, input_shape):
+        shape = _check_shape(op, input_shape, 4, "(m, n_H, n_W, n_C)")
+        w_shape = (*f, n_filters // groups, shape[3])
+        _, _, out_shape = _conv.transpose_geometry(_with_batch(shape), w_shape, op=op, **options)
+        k_w, k_b = jax.random.split(key)
+        params = {"w": _draw(w_init, k_w, w_shape, dtype)}
+        if use_bias:
+            params["b"] = _draw(b_init, k_b, (n_filters,), dtype)
+        return (shape[0], *out_shape[1:]), params
+
+    def apply(params, x, **kwargs):
+        _check_params(op, params, keys)
+        x, w, b = _promote(x, params["w"], params.get("b"))
+        return _conv.conv_transpose2d(x, w, b, impl=impl, **options)
+
+    return _layer("conv_transpose", init, apply)
 
 
 def Dense(n_out: int, use_bias: bool = True, w_init=initializers.he_normal, b_init=initializers.zeros, dtype=None) -> Layer:
