@@ -45,6 +45,7 @@ import _common  # noqa: E402
 
 import jaxconv  # noqa: E402
 from jaxconv import conv  # noqa: E402
+from jaxconv import reference as ref  # noqa: E402
 
 DTYPES = ("float32", "float64")
 QUANTITIES = ("y", "dx", "dw", "db")
@@ -108,60 +109,15 @@ def grid(quick: bool, lenet_batch: int) -> list[Config]:
 # --------------------------------------------------------------------------- float64 NumPy reference
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def reference_pads(cfg: Config):
-    """((top, bottom), (left, right)) for every padding form, worked out here independently."""
-    p = cfg.padding
-    if isinstance(p, str):
-        if p == "VALID":
-            return (0, 0), (0, 0)
-        out = []
-        for n, f, s, d in zip((cfg.n_H, cfg.n_W), cfg.f, _pair(cfg.stride), _pair(cfg.dilation)):
-            total = max((-(-n // s) - 1) * s + d * (f - 1) + 1 - n, 0)  # output ⌈n/s⌉
-            out.append((total // 2, total - total // 2))
-        return tuple(out)
-    if isinstance(p, int):
-        return (p, p), (p, p)
-    if isinstance(p[0], int):
-        return (p[0], p[0]), (p[1], p[1])
-    return tuple(map(tuple, p))
-
-
-def _tap_views(x_pad, cfg, n_out):
-    """For every filter tap (i, j): the index slices of x_pad that meet it, one per output pixel."""
-    (s_H, s_W), (d_H, d_W) = _pair(cfg.stride), _pair(cfg.dilation)
-    for i in range(cfg.f[0]):
-        for j in range(cfg.f[1]):
-            yield i, j, (slice(None), slice(i * d_H, i * d_H + s_H * (n_out[0] - 1) + 1, s_H),
-                         slice(j * d_W, j * d_W + s_W * (n_out[1] - 1) + 1, s_W))
-
-
 def reference(x, w, b, g, cfg: Config):
-    """y and the VJP (dx, dw, db) of Σ y·g, in float64 NumPy: a sum over filter taps and groups.
+    """y and the VJP (dx, dw, db) of Σ y·g, in float64: jaxconv.reference's loops over taps and groups.
 
     x: (m, n_H, n_W, n_C); w: (f_H, f_W, n_C/G, n_C'); b: (n_C',); g: like y (m, n_H', n_W', n_C').
     """
-    x, w, b, g = (np.asarray(a, np.float64) for a in (x, w, b, g))
-    pads = reference_pads(cfg)
-    x_pad = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    (d_H, d_W), (s_H, s_W) = _pair(cfg.dilation), _pair(cfg.stride)
-    n_out = ((x_pad.shape[1] - d_H * (cfg.f[0] - 1) - 1) // s_H + 1, (x_pad.shape[2] - d_W * (cfg.f[1] - 1) - 1) // s_W + 1)
-    G = cfg.groups
-    n_Cg, n_Og = cfg.n_C // G, cfg.n_C_out // G
-    y = np.zeros((x.shape[0], *n_out, cfg.n_C_out)) + b  # (m, n_H', n_W', n_C')
-    dx_pad, dw = np.zeros_like(x_pad), np.zeros_like(w)
-    for i, j, idx in _tap_views(x_pad, cfg, n_out):
-        view = x_pad[idx]  # (m, n_H', n_W', n_C): the pixels tap (i, j) sees
-        for k in range(G):
-            ci, co = slice(k * n_Cg, (k + 1) * n_Cg), slice(k * n_Og, (k + 1) * n_Og)
-            y[..., co] += view[..., ci] @ w[i, j, :, co]
-            dw[i, j, :, co] += np.einsum("mhwc,mhwo->co", view[..., ci], g[..., co])
-            dx_pad[idx + (ci,)] += g[..., co] @ w[i, j, :, co].T
-    dx = dx_pad[:, pads[0][0] : pads[0][0] + x.shape[1], pads[1][0] : pads[1][0] + x.shape[2]]
-    return {"y": y, "dx": dx, "dw": dw, "db": g.sum(axis=(0, 1, 2))}
+    kw = dict(stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
+    y = ref.conv2d(x, w, b, **kw)
+    dx, dw, db = ref.conv2d_vjp(x, w, g, **kw)
+    return {"y": y, "dx": dx, "dw": dw, "db": db}
 
 
 # --------------------------------------------------------------------------- jaxconv, timed
@@ -169,7 +125,8 @@ def reference(x, w, b, g, cfg: Config):
 
 def contenders(cfg: Config):
     """[(impl, algorithm)]: impl="hand" with every hand-rolled algorithm that applies to cfg, hand_autodiff, lax last."""
-    geom = (None, _pair(cfg.stride), _pair(cfg.dilation), cfg.groups)
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    geom = (None, pair(cfg.stride), pair(cfg.dilation), cfg.groups)
     w_shape = (*cfg.f, cfg.n_C // cfg.groups, cfg.n_C_out)
     hand = [("hand", a) for a in conv.ALGORITHMS[1:] if conv.policy.applicable(a, w_shape, geom) is None]
     return [*hand, ("hand_autodiff", "im2col"), ("lax", "-")]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv import conv, pool
+from jaxconv import reference as ref
 from jaxconv._platform import cpu_devices
 from jaxconv.conv import Plan, conv2d, conv_geometry, rows, taps
 from jaxconv.pool import max_pool
@@ -22,21 +23,8 @@ TOL = dict(rtol=1e-10, atol=1e-10)  # float64 throughout: only summation order d
 
 
 def conv_reference(x, w, b, pads, s=(1, 1), d=(1, 1), groups=1):
-    """Direct float64 numpy cross-correlation, loops over taps (independent of jaxconv)."""
-    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    m, n_H, n_W, n_C = x.shape
-    f_H, f_W, n_Cg, n_O = w.shape
-    H = (n_H - d[0] * (f_H - 1) - 1) // s[0] + 1
-    W = (n_W - d[1] * (f_W - 1) - 1) // s[1] + 1
-    n_Og = n_O // groups
-    z = np.zeros((m, H, W, n_O))
-    for g in range(groups):
-        for i in range(f_H):
-            for j in range(f_W):
-                v = x[:, i * d[0] : i * d[0] + s[0] * (H - 1) + 1 : s[0], j * d[1] : j * d[1] + s[1] * (W - 1) + 1 : s[1]]
-                z[..., g * n_Og : (g + 1) * n_Og] += v[..., g * n_Cg : (g + 1) * n_Cg] @ w[i, j, :, g * n_Og : (g + 1) * n_Og]
-    return z if b is None else z + np.asarray(b)
+    """Direct float64 cross-correlation (jaxconv.reference: loops over taps, independent of jaxconv's algorithms)."""
+    return ref.conv2d(x, w, b, stride=s, padding=pads, dilation=d, groups=groups)
 
 
 def directional_fd(f, args, index, eps=1e-6, n_probe=4, seed=0):
@@ -252,20 +240,9 @@ def test_float32_fast_paths_stay_float32():
 
 
 def max_pool_reference(x, f):
-    """float64 numpy max pool (stride = window) and its gradient for upstream dy (first maximum wins)."""
-    x = np.asarray(x, np.float64)
-    m, n_H, n_W, n_C = x.shape
-    H, W = n_H // f[0], n_W // f[1]
-    y = np.zeros((m, H, W, n_C))
-    first = np.zeros(x.shape, bool)
-    for a in range(m):
-        for h in range(H):
-            for w in range(W):
-                for c in range(n_C):
-                    win = x[a, h * f[0] : (h + 1) * f[0], w * f[1] : (w + 1) * f[1], c]
-                    y[a, h, w, c] = win.max()
-                    i, j = np.unravel_index(np.argmax(win), win.shape)  # argmax: first max, row-major
-                    first[a, h * f[0] + i, w * f[1] + j, c] = True
+    """float64 max pool (stride = window) and the mask of each window's first maximum (jaxconv.reference)."""
+    y, idx = ref.max_pool(x, window=f, return_indices=True)
+    first = ref.max_unpool(np.ones(y.shape), idx, np.shape(x)).astype(bool)
     return y, first
 
 
