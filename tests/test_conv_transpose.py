@@ -110,7 +110,7 @@ def test_conv_transpose2d_hand_gradient_matches_finite_differences():
 
 
 def test_conv_transpose2d_layer():
-    layer = ConvTranspose2D(4, 3, stride=2, padding=1, output_padding=1)
+    layer = ConvTranspose2D(4, 3, stride=2, padding=1, output_padding=1, dtype=jnp.float32)  # float32 params, as x
     out_shape, params = layer.init(jax.random.key(0), (-1, 3, 3, 2))
     assert out_shape == (-1, 6, 6, 4) and params["w"].shape == (3, 3, 4, 2) and params["b"].shape == (4,)
     x = jax.random.normal(jax.random.key(1), (2, 3, 3, 2), jnp.float32)
