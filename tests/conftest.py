@@ -1,9 +1,30 @@
-"""Test configuration: float64 on, so the float64 references and finite differences work.
+"""Test configuration: float64 on, and one compilation cache for the whole run.
 
-The library always passes dtypes explicitly (initialisers default to float32),
-so enabling x64 here changes no float32 result.
+float64: the float64 references and finite differences need it. Layers follow
+JAX's default float dtype, so models built in the tests are float64 unless a
+test passes `dtype=jnp.float32` (the tests of float32 behaviour do).
+
+Compilation cache: JAX compiles every new function and shape, and many tests
+build the same step (LeNet-5's, say) again, in this process or in the
+`jaxconv train` subprocesses they start. A persistent cache in a temporary
+folder, shared through the environment with those subprocesses, compiles each
+program once per test run. It changes no result: a cached executable is the
+one XLA would compile again.
 """
+
+import atexit
+import os
+import shutil
+import tempfile
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="jaxconv-test-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache  # read by subprocesses' JAX at start
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    jax.config.update("jax_compilation_cache_dir", _cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
