@@ -60,19 +60,18 @@ def jax_contenders(x_shape, w_shape, padding):
     from jaxconv import conv
 
     geom = conv.conv_geometry(x_shape, w_shape, padding=padding)[:4]
-    pads, s, d, groups = geom
+    _, s, _, groups = geom
     algorithm = conv.hand_algorithm(x_shape, w_shape, geom)
     out = {
         "lax": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="lax"),
         f"hand ({algorithm})": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand"),
-        "hand, im2col forced": lambda x, w, b: conv._hand(x, w, b, geom),
+        "hand, im2col forced": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand", algorithm="im2col"),
         "hand_autodiff": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand_autodiff"),
     }
     if algorithm != "rows" and geom[1:] == ((1, 1), (1, 1), 1):
-        out["hand, rows forced"] = lambda x, w, b: conv._hand_rows(x, w, b, pads)
+        out["hand, rows forced"] = lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand", algorithm="rows")
     if algorithm != "taps" and s == (1, 1) and groups == 1:
-        c = conv.taps_chunk(x_shape, w_shape, pads)
-        out["hand, taps forced"] = lambda x, w, b: conv._hand_taps(x, w, b, pads, d, c)
+        out["hand, taps forced"] = lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand", algorithm="taps")
     runs = {}
     k = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(k[0], x_shape, jnp.float32)

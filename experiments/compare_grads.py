@@ -5,8 +5,10 @@
 
 For every configuration (shapes, strides, padding forms, dilations, groups, and
 LeNet-5's two real convolutions), every impl of `jaxconv.conv2d`
-("hand": hand-rolled forward + hand-derived backward, "hand_autodiff":
-hand-rolled forward + JAX autodiff, "lax": lax.conv_general_dilated) and
+("hand": hand-rolled forward + hand-derived backward, once per hand-rolled
+algorithm that applies to the geometry — im2col always, rows and taps for
+stride 1 and one group, rows also dilation 1 —, "hand_autodiff": hand-rolled
+im2col forward + JAX autodiff, "lax": lax.conv_general_dilated) and
 float32 / float64, it computes
 
     y = conv2d(x, w, b),   (dx, dw, db) = gradient of Σ y·g   (g a fixed random cotangent)
@@ -42,8 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 import jaxconv  # noqa: E402
+from jaxconv import conv  # noqa: E402
 
-IMPLS = ("hand", "hand_autodiff", "lax")
 DTYPES = ("float32", "float64")
 QUANTITIES = ("y", "dx", "dw", "db")
 # Relative-error bounds the test (and the "ok" column) uses: float32 sums of a few hundred
@@ -165,9 +167,19 @@ def reference(x, w, b, g, cfg: Config):
 # --------------------------------------------------------------------------- jaxconv, timed
 
 
-def make_fns(cfg: Config, impl: str):
+def contenders(cfg: Config):
+    """[(impl, algorithm)]: impl="hand" with every hand-rolled algorithm that applies to cfg, hand_autodiff, lax last."""
+    geom = (None, _pair(cfg.stride), _pair(cfg.dilation), cfg.groups)
+    w_shape = (*cfg.f, cfg.n_C // cfg.groups, cfg.n_C_out)
+    hand = [("hand", a) for a in conv.ALGORITHMS[1:] if conv.policy.applicable(a, w_shape, geom) is None]
+    return [*hand, ("hand_autodiff", "im2col"), ("lax", "-")]
+
+
+def make_fns(cfg: Config, impl: str, algorithm: str = "auto"):
     """Jitted forward (x, w, b) -> y and forward+backward (x, w, b, g) -> (y, (dx, dw, db))."""
     kw = dict(stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups, impl=impl)
+    if algorithm not in ("auto", "-"):
+        kw["algorithm"] = algorithm
 
     def fwd(x, w, b):
         return jaxconv.conv2d(x, w, b, **kw)
@@ -187,7 +199,7 @@ def errors(a, r):
 
 
 def run_config(cfg: Config, repeats: int, seed: int = 0):
-    """Rows (one per dtype × impl) of errors and median times."""
+    """Rows (one per dtype × (impl, algorithm)) of errors and median times."""
     rng = np.random.default_rng(seed)
     x64 = rng.standard_normal((cfg.m, cfg.n_H, cfg.n_W, cfg.n_C))
     w64 = rng.standard_normal((*cfg.f, cfg.n_C // cfg.groups, cfg.n_C_out)) / np.sqrt(cfg.f[0] * cfg.f[1] * cfg.n_C)
@@ -198,13 +210,13 @@ def run_config(cfg: Config, repeats: int, seed: int = 0):
         y_shape = jax.eval_shape(make_fns(cfg, "lax")[0], x, w, b).shape
         g = jnp.asarray(rng.standard_normal(y_shape), dtype)
         ref = reference(x, w, b, g, cfg)  # float64, on the dtype-rounded inputs
-        fns = {impl: make_fns(cfg, impl) for impl in IMPLS}
+        fns = {(impl, a): make_fns(cfg, impl, a) for impl, a in contenders(cfg)}
         outs = {}
         for impl, (fwd, fwd_bwd) in fns.items():  # warm-up: compile both
             jax.block_until_ready(fwd(x, w, b))
             y, (dx, dw, db) = jax.block_until_ready(fwd_bwd(x, w, b, g))
             outs[impl] = {"y": y, "dx": dx, "dw": dw, "db": db}
-        times = {(impl, kind): [] for impl in IMPLS for kind in ("fwd", "fwd_bwd")}
+        times = {(impl, kind): [] for impl in fns for kind in ("fwd", "fwd_bwd")}
         for _ in range(repeats):  # interleaved, so a noisy neighbour hits every impl alike
             for impl, (fwd, fwd_bwd) in fns.items():
                 t0 = time.perf_counter()
@@ -214,12 +226,12 @@ def run_config(cfg: Config, repeats: int, seed: int = 0):
                 t2 = time.perf_counter()
                 times[impl, "fwd"].append(t1 - t0)
                 times[impl, "fwd_bwd"].append(t2 - t1)
-        for impl in IMPLS:
+        for impl in fns:
             row = {"config": cfg.name, "x_shape": (cfg.m, cfg.n_H, cfg.n_W, cfg.n_C),
                    "w_shape": (*cfg.f, cfg.n_C // cfg.groups, cfg.n_C_out), "stride": cfg.stride,
-                   "padding": cfg.padding, "dilation": cfg.dilation, "groups": cfg.groups, "dtype": dtype, "impl": impl}
+                   "padding": cfg.padding, "dilation": cfg.dilation, "groups": cfg.groups, "dtype": dtype, "impl": impl[0], "algorithm": impl[1]}
             for q in QUANTITIES:
-                row[f"abs_{q}_vs_lax"], row[f"rel_{q}_vs_lax"] = errors(outs[impl][q], outs["lax"][q])
+                row[f"abs_{q}_vs_lax"], row[f"rel_{q}_vs_lax"] = errors(outs[impl][q], outs["lax", "-"][q])
                 row[f"abs_{q}_vs_f64"], row[f"rel_{q}_vs_f64"] = errors(outs[impl][q], ref[q])
             row["max_rel_vs_lax"] = max(row[f"rel_{q}_vs_lax"] for q in QUANTITIES)
             row["max_rel_vs_f64"] = max(row[f"rel_{q}_vs_f64"] for q in QUANTITIES)
@@ -227,7 +239,7 @@ def run_config(cfg: Config, repeats: int, seed: int = 0):
             row["fwd_ms"] = 1e3 * float(np.median(times[impl, "fwd"]))
             row["fwd_bwd_ms"] = 1e3 * float(np.median(times[impl, "fwd_bwd"]))
             rows.append(row)
-        for row in rows[-len(IMPLS):]:
+        for row in rows[-len(fns):]:
             lax_row = rows[-1]
             row["fwd_vs_lax"] = row["fwd_ms"] / lax_row["fwd_ms"]
             row["fwd_bwd_vs_lax"] = row["fwd_bwd_ms"] / lax_row["fwd_bwd_ms"]
@@ -238,11 +250,12 @@ def plot(rows, path, plt):
     rows32 = [r for r in rows if r["dtype"] == "float32"]
     configs = list(dict.fromkeys(r["config"] for r in rows32))
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.55 * len(configs) + 3), 7), sharex=True)
-    width = 0.8 / len(IMPLS)
+    labels = list(dict.fromkeys((r["impl"], r["algorithm"]) for r in rows32))
+    width = 0.8 / len(labels)
     for ax, kind, title in zip(axes, ("fwd_ms", "fwd_bwd_ms"), ("forward", "forward + backward")):
-        for k, impl in enumerate(IMPLS):
-            vals = [next(r[kind] for r in rows32 if r["config"] == c and r["impl"] == impl) for c in configs]
-            ax.bar(np.arange(len(configs)) + (k - 1) * width, vals, width, label=impl)
+        for k, label in enumerate(labels):
+            vals = [next((r[kind] for r in rows32 if r["config"] == c and (r["impl"], r["algorithm"]) == label), 0) for c in configs]
+            ax.bar(np.arange(len(configs)) + (k - (len(labels) - 1) / 2) * width, vals, width, label=" ".join(label).rstrip(" -"))
         ax.set_yscale("log")
         ax.set_ylabel("ms (median, jit)")
         ax.set_title(f"conv2d {title}, float32")
@@ -269,27 +282,27 @@ def main(argv=None):
     t0 = time.perf_counter()
     for cfg in grid(args.quick, args.lenet_batch):
         rows += run_config(cfg, args.repeats)
-    header = ["config", "dtype", "impl", "rel y", "rel dx", "rel dw", "rel db", "max rel vs lax", "max abs vs f64",
+    header = ["config", "dtype", "impl", "algorithm", "rel y", "rel dx", "rel dw", "rel db", "max rel vs lax", "max abs vs f64",
               "ok", "fwd ms", "fwd+bwd ms", "fwd+bwd / lax"]
-    table = [[r["config"], r["dtype"], r["impl"], *(_common.fmt(r[f"rel_{q}_vs_f64"], 2) for q in QUANTITIES),
+    table = [[r["config"], r["dtype"], r["impl"], r["algorithm"], *(_common.fmt(r[f"rel_{q}_vs_f64"], 2) for q in QUANTITIES),
               _common.fmt(r["max_rel_vs_lax"], 2), _common.fmt(max(r[f"abs_{q}_vs_f64"] for q in QUANTITIES), 2),
               "yes" if r["ok"] else "NO", f"{r['fwd_ms']:.3f}", f"{r['fwd_bwd_ms']:.3f}", f"{r['fwd_bwd_vs_lax']:.2f}"]
              for r in rows]
     print("relative errors max|a − r| / max|r| against the float64 NumPy reference (rel y .. rel db) and against lax;")
     print(f"ok = every relative error <= {TOLERANCE}; times: median of {args.repeats} jitted runs\n")
-    print(_common.format_table(header, table, align="lll" + "r" * 10))
+    print(_common.format_table(header, table, align="llll" + "r" * 10))
 
     print("\nsummary (over all configurations)")
     summary = []
     for dtype in DTYPES:
-        for impl in IMPLS:
-            sel = [r for r in rows if r["dtype"] == dtype and r["impl"] == impl]
-            summary.append([dtype, impl, _common.fmt(max(r["max_rel_vs_f64"] for r in sel), 2),
+        for impl, algorithm in dict.fromkeys((r["impl"], r["algorithm"]) for r in rows):
+            sel = [r for r in rows if r["dtype"] == dtype and (r["impl"], r["algorithm"]) == (impl, algorithm)]
+            summary.append([dtype, impl, algorithm, _common.fmt(max(r["max_rel_vs_f64"] for r in sel), 2),
                             _common.fmt(max(r["max_rel_vs_lax"] for r in sel), 2),
                             f"{np.median([r['fwd_vs_lax'] for r in sel]):.2f}",
                             f"{np.median([r['fwd_bwd_vs_lax'] for r in sel]):.2f}"])
-    print(_common.format_table(["dtype", "impl", "worst rel vs f64", "worst rel vs lax", "median fwd time / lax",
-                                "median fwd+bwd time / lax"], summary, align="llrrrr"))
+    print(_common.format_table(["dtype", "impl", "algorithm", "worst rel vs f64", "worst rel vs lax", "median fwd time / lax",
+                                "median fwd+bwd time / lax"], summary, align="lllrrrr"))
     print(f"\n{len(rows)} rows, {sum(not r['ok'] for r in rows)} outside tolerance; {time.perf_counter() - t0:.1f} s")
 
     keys = list(rows[0])

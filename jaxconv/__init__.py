@@ -12,7 +12,7 @@ Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 from jaxconv import checkpoint, data, devices, initializers, layers, models, parallel, reference, train
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.devices import cpu_devices
-from jaxconv.conv import conv2d
+from jaxconv.conv import conv2d, conv_transpose2d
 from jaxconv.gradcheck import GradcheckError, GradcheckReport, gradcheck
 from jaxconv.layers import (
     AdaptiveAvgPool,
@@ -20,6 +20,7 @@ from jaxconv.layers import (
     AvgPool,
     BatchNorm,
     Conv2D,
+    ConvTranspose2D,
     Dense,
     Elu,
     Dropout,
@@ -75,6 +76,7 @@ __all__ = [
     "AvgPool",
     "BatchNorm",
     "Conv2D",
+    "ConvTranspose2D",
     "Dense",
     "Elu",
     "Dropout",
@@ -101,6 +103,7 @@ __all__ = [
     "avg_pool",
     "checkpoint",
     "conv2d",
+    "conv_transpose2d",
     "conv_output_size",
     "cost",
     "count_params",
@@ -117,10 +120,9 @@ __all__ = [
     "gelu",
     "global_avg_pool",
     "gradcheck",
-    "initializers",
-    "leaky_relu",
     "identity",
     "initializers",
+    "leaky_relu",
     "layers",
     "log_softmax",
     "max_pool",

@@ -27,7 +27,7 @@ The layer contract (stated once, here):
   jax_enable_x64) unless a layer's `dtype=` says otherwise. Layers promote a
   mixed input/params pair to their common dtype (`jnp.result_type`, as Flax
   does); the pure functions (`conv2d`) stay strict and raise instead.
-  `compute_dtype=` (Conv2D, Dense, BatchNorm; Flax's `dtype`) is the mixed
+  `compute_dtype=` (Conv2D, ConvTranspose2D, Dense, BatchNorm; Flax's `dtype`) is the mixed
   precision policy: apply casts the input and the params to it and returns its
   dtype, while the params (and so the gradients and the optimizer) keep
   `dtype`. Convolutions and Dense sum products in float32 for bfloat16/float16;
@@ -98,9 +98,30 @@ def _compiled_init(op, init):
             out_shape, params = init(key, input_shape)
         # Eagerly the leaves are numpy arrays: put them on the device (no compiling); under an
         # outer jit / eval_shape they are traced values, and the same values as eagerly.
-        return out_shape, params if isinstance(key, jax.core.Tracer) else jax.device_put(params)
+        return out_shape, params if isinstance(key, jax.core.Tracer) else _device_put_in_order(params)
 
     return checked
+
+
+def _device_put_in_order(params):
+    """jax.device_put of a nested dict of arrays, keeping each dict's key order (pytree flattening sorts
+    keys, and params read best in layer order: conv1, relu1, pool1, ...)."""
+    leaves = []
+
+    def collect(node):
+        if isinstance(node, dict):
+            for child in node.values():
+                collect(child)
+        else:
+            leaves.append(node)
+
+    collect(params)
+    on_device = iter(jax.device_put(leaves))
+
+    def rebuild(node):
+        return {k: rebuild(v) for k, v in node.items()} if isinstance(node, dict) else next(on_device)
+
+    return rebuild(params)
 
 
 def _shape_only_init_state(init):
@@ -237,9 +258,11 @@ def Conv2D(
     w_init=initializers.he_normal,
     b_init=initializers.zeros,
     dtype=None,
+    algorithm: str = "auto",
+    padding_mode: str = "zeros",
     compute_dtype=None,
 ) -> Layer:
-    """Convolution layer of `n_filters` filters of size f (an int or (f_H, f_W)).
+    """Convolution layer of `n_filters` filters of size f (an int or (f_H, f_W)); impl, algorithm, padding_mode as in `conv2d`.
 
     params: {"w": (f_H, f_W, n_C / groups, n_filters), "b": (n_filters,)} ("b" only with use_bias),
     of `dtype` (None: JAX's default float dtype). x: (m, n_H, n_W, n_C) -> (m, n_H', n_W', n_filters)
@@ -250,8 +273,8 @@ def Conv2D(
     if isinstance(n_filters, bool) or not isinstance(n_filters, int) or n_filters < 1:
         raise ValueError(f"{op}: `n_filters` must be an int >= 1, got {n_filters!r}.")
     f = _conv._args.pair(f, "f", op, minimum=1)
-    if impl not in _conv.IMPLS:
-        raise ValueError(f"{op}: unknown `impl` {impl!r}. It needs to be one of {list(_conv.IMPLS)}.")
+    _conv.check_impl(impl, algorithm, op)
+    _conv.check_padding_mode(padding_mode, op)
     options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     keys = ("w", "b") if use_bias else ("w",)
 
@@ -271,9 +294,60 @@ def Conv2D(
     def apply(params, x, **kwargs):
         _check_params(op, params, keys)
         x, w, b = _to_compute(compute_dtype, x, params["w"], params.get("b"))
-        return _conv.conv2d(x, w, b, impl=impl, **options)
+        return _conv.conv2d(x, w, b, impl=impl, algorithm=algorithm, padding_mode=padding_mode, **options)
 
     return _layer("conv", init, apply)
+
+
+def ConvTranspose2D(
+    n_filters: int,
+    f,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups: int = 1,
+    use_bias: bool = True,
+    impl: str = "auto",
+    w_init=initializers.he_normal,
+    b_init=initializers.zeros,
+    dtype=None,
+    compute_dtype=None,
+) -> Layer:
+    """Transposed convolution layer with `n_filters` output channels (`conv_transpose2d`).
+
+    params: {"w": (f_H, f_W, n_filters / groups, n_C), "b": (n_filters,)} ("b" only with use_bias):
+    w is the HWIO filter of the conv2d it transposes; of `dtype` (None: JAX's default float dtype).
+    x: (m, n_H, n_W, n_C) -> (m, n_H', n_W', n_filters) in `compute_dtype` (None: the common dtype).
+    """
+    op = "ConvTranspose2D"
+    dtype, compute_dtype = _check_dtype(op, "dtype", dtype), _check_dtype(op, "compute_dtype", compute_dtype)
+    if isinstance(n_filters, bool) or not isinstance(n_filters, int) or n_filters < 1:
+        raise ValueError(f"{op}: `n_filters` must be an int >= 1, got {n_filters!r}.")
+    f = _conv._args.pair(f, "f", op, minimum=1)
+    if impl not in _conv.TRANSPOSE_IMPLS:
+        raise ValueError(f"{op}: unknown `impl` {impl!r}. It needs to be one of {list(_conv.TRANSPOSE_IMPLS)}.")
+    if n_filters % groups:
+        raise ValueError(f"{op}: `groups` (={groups}) must divide `n_filters` (={n_filters}).")
+    options = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
+    keys = ("w", "b") if use_bias else ("w",)
+
+    def init(key, input_shape):
+        shape = _check_shape(op, input_shape, 4, "(m, n_H, n_W, n_C)")
+        w_shape = (*f, n_filters // groups, shape[3])
+        _, _, out_shape = _conv.transpose_geometry(_with_batch(shape), w_shape, op=op, **options)
+        k_w, k_b = jax.random.split(key)
+        params = {"w": _draw(w_init, k_w, w_shape, dtype)}
+        if use_bias:
+            params["b"] = _draw(b_init, k_b, (n_filters,), dtype)
+        return (shape[0], *out_shape[1:]), params
+
+    def apply(params, x, **kwargs):
+        _check_params(op, params, keys)
+        x, w, b = _to_compute(compute_dtype, x, params["w"], params.get("b"))
+        return _conv.conv_transpose2d(x, w, b, impl=impl, **options)
+
+    return _layer("conv_transpose", init, apply)
 
 
 def Dense(n_out: int, use_bias: bool = True, w_init=initializers.he_normal, b_init=initializers.zeros, dtype=None,

@@ -13,10 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-import jaxconv.conv
 from jaxconv import models, nn, train
-from jaxconv.conv import conv2d
-from jaxconv.layers import FLOAT_DTYPES, BatchNorm, Conv2D, Dense, Flatten, Relu, serial
+from jaxconv.conv import conv2d, conv_transpose2d
+from jaxconv.layers import FLOAT_DTYPES, BatchNorm, Conv2D, ConvTranspose2D, Dense, Flatten, Relu, serial
 from jaxconv.loop import TrainConfig
 
 KEY = jax.random.key(0)
@@ -56,15 +55,7 @@ def test_the_case_loses_precision_when_summed_in_bfloat16():
     assert abs(_sequential_bf16_sum(products.ravel()) - exact) > 0.5 * exact
 
 
-# Before the conv package (jaxconv/conv/, branch h/conv) lands, the hand-rolled backward adds its col2im
-# taps in bfloat16: 6% of dX is off by more than an ulp here. The package sums them in float32.
-HAND_SUMS_IN_BF16 = not hasattr(jaxconv.conv, "__path__")
-
-
-@pytest.mark.parametrize(
-    "impl",
-    ["lax", pytest.param("hand", marks=pytest.mark.xfail(HAND_SUMS_IN_BF16, reason="col2im in bfloat16 until jaxconv/conv/ lands", strict=True))],
-)
+@pytest.mark.parametrize("impl", ["lax", "hand"])
 def test_conv_sums_bfloat16_in_float32(impl):
     x, w = _positive_bf16(jax.random.key(1), X_SHAPE), _positive_bf16(jax.random.key(2), W_SHAPE)
     z, vjp = jax.vjp(lambda x, w: conv2d(x, w, impl=impl), x, w)
@@ -80,13 +71,24 @@ def test_conv_sums_bfloat16_in_float32(impl):
         np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - want), BF16_ULP * np.abs(want) + 1e-30)
 
 
-def test_lax_conv_asks_for_float32_sums():
+@pytest.mark.parametrize("op", [conv2d, conv_transpose2d])
+def test_lax_conv_asks_for_float32_sums(op):
     """On CPU XLA sums bfloat16 convolutions in float32 anyway; the request is what other backends follow."""
     x, w = jnp.zeros((1, 4, 4, 2), BF16), jnp.zeros((3, 3, 2, 2), BF16)
-    jaxpr = str(jax.make_jaxpr(lambda x, w: conv2d(x, w, impl="lax"))(x, w))
-    assert "preferred_element_type=float32" in jaxpr
-    jaxpr32 = str(jax.make_jaxpr(lambda x, w: conv2d(x, w, impl="lax"))(x.astype(F32), w.astype(F32)))
+    jaxpr = str(jax.make_jaxpr(lambda x, w: op(x, w, impl="lax"))(x, w))
+    assert "preferred_element_type=float32" in jaxpr and jax.eval_shape(lambda: op(x, w, impl="lax")).dtype == BF16
+    jaxpr32 = str(jax.make_jaxpr(lambda x, w: op(x, w, impl="lax"))(x.astype(F32), w.astype(F32)))
     assert "preferred_element_type=None" in jaxpr32  # float32 convolutions are left as they were
+
+
+def test_conv_transpose_layer_computes_in_bfloat16():
+    layer = ConvTranspose2D(2, 3, stride=2, dtype=F32, compute_dtype="bfloat16")
+    _, params = layer.init(KEY, (-1, 3, 3, 4))
+    x = jax.random.normal(jax.random.key(9), (1, 3, 3, 4), F32)
+    y = layer.apply(params, x)
+    want = conv_transpose2d(x.astype(F64), params["w"].astype(BF16).astype(F64), params["b"].astype(F64), stride=2)
+    assert y.dtype == BF16
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=2**-7, atol=2**-7)  # inputs rounded to bfloat16
 
 
 def test_dense_sums_bfloat16_in_float32():
@@ -98,6 +100,7 @@ def test_dense_sums_bfloat16_in_float32():
     np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - exact), BF16_ULP * exact)
 
 
+@pytest.mark.slow  # two LeNet gradients compiled: ~6 s idle, 25 s on busy cores; the small net below covers the step in the default tier
 def test_lenet_bfloat16_step_keeps_float32_params_grads_and_loss():
     net, net32 = models.lenet5(dtype=F32, compute_dtype="bfloat16"), models.lenet5(dtype=F32)
     _, params = net.init(KEY, (-1, 32, 32, 1))

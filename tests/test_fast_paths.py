@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxconv import conv, pool
 from jaxconv._platform import cpu_devices
-from jaxconv.conv import conv2d, conv_geometry
+from jaxconv.conv import Plan, conv2d, conv_geometry, rows, taps
 from jaxconv.pool import max_pool
 
 F64 = jnp.float64
@@ -87,12 +87,12 @@ def _algorithms(x_shape, w_shape, kw):
     """im2col and the algorithm impl="hand" picks for the layer, forced; taps both in one chunk and one image per chunk."""
     geom = conv_geometry(x_shape, w_shape, **kw)[:4]
     pads, s, d, groups = geom
-    algos = {"im2col": lambda x, w, b: conv._hand(x, w, b, geom)}
+    algos = {"im2col": lambda x, w, b: conv2d(x, w, b, impl="hand", algorithm="im2col", **kw)}
     if conv.hand_algorithm(x_shape, w_shape, geom) == "taps":
-        algos["taps"] = lambda x, w, b: conv._hand_taps(x, w, b, pads, d, x.shape[0])
-        algos["taps, chunks of 1"] = lambda x, w, b: conv._hand_taps(x, w, b, pads, d, 1)
+        algos["taps"] = lambda x, w, b: taps.conv(x, w, b, Plan(pads, dilation=d, block=x.shape[0]))
+        algos["taps, chunks of 1"] = lambda x, w, b: taps.conv(x, w, b, Plan(pads, dilation=d, block=1))
     if conv.hand_algorithm(x_shape, w_shape, geom) == "rows":
-        algos["rows"] = lambda x, w, b: conv._hand_rows(x, w, b, pads)
+        algos["rows"] = lambda x, w, b: rows.conv(x, w, b, Plan(pads))
     return geom, algos
 
 
@@ -144,7 +144,7 @@ BLOCK_CASES = [
 def test_block_banded_rows_match_numpy_lax_and_finite_differences(x_shape, w_shape, kw, B):
     pads = conv_geometry(x_shape, w_shape, **kw)[0]
     x, w, b = _data(x_shape, w_shape, seed=5)
-    blocked = lambda x, w, b: conv._hand_rows(x, w, b, pads, B)
+    blocked = lambda x, w, b: rows.conv(x, w, b, Plan(pads, block=B))
     np.testing.assert_allclose(blocked(x, w, b), conv_reference(x, w, b, pads), **TOL)
     loss = lambda fn: (lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b))))
     g = jax.grad(loss(blocked), (0, 1, 2))(x, w, b)
@@ -161,12 +161,12 @@ def test_block_banded_rows_match_numpy_lax_and_finite_differences(x_shape, w_sha
 def test_rows_dx_groups():
     # LeNet conv2 (14 input columns, 10 outputs, f_W = 5): input columns 0-6 hear from outputs 0-6,
     # columns 7-13 from outputs 3-9 (b in [a - 4, a]); 98 of the 140 column pairs, so two groups.
-    assert conv._dx_groups(14, 10, 5) == [(0, 7, 0, 7), (7, 14, 3, 10)]
+    assert rows._dx_groups(14, 10, 5) == [(0, 7, 0, 7), (7, 14, 3, 10)]
     # conv1 in blocks of 4 (8 input columns): each half still needs all 4 outputs: one group.
-    assert conv._dx_groups(8, 4, 5) == [(0, 8, 0, 4)]
-    assert conv._dx_groups(1, 1, 1) == [(0, 1, 0, 1)]
+    assert rows._dx_groups(8, 4, 5) == [(0, 8, 0, 4)]
+    assert rows._dx_groups(1, 1, 1) == [(0, 1, 0, 1)]
     for n_in, B, f_W in [(14, 10, 5), (11, 9, 3), (12, 8, 5), (7, 3, 5), (2, 2, 1)]:
-        groups = conv._dx_groups(n_in, B, f_W)
+        groups = rows._dx_groups(n_in, B, f_W)
         assert [a for g in groups for a in range(g[0], g[1])] == list(range(n_in))  # every input column once
         for a0, a1, b0, b1 in groups:  # and every output whose band reaches it
             assert {b for a in range(a0, a1) for b in range(B) if 0 <= a - b < f_W} <= set(range(b0, b1))
@@ -209,9 +209,9 @@ def test_taps_chunk_choice():
 
 def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     assert conv.resolve_impl("auto") == ("hand" if jax.default_backend() == "cpu" else "lax")
-    monkeypatch.setattr(conv.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(conv.policy.jax, "default_backend", lambda: "gpu")
     assert conv.resolve_impl("auto") == "lax"
-    monkeypatch.setattr(conv.jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(conv.policy.jax, "default_backend", lambda: "cpu")
     assert conv.resolve_impl("auto") == "hand"
     assert conv.resolve_impl("lax") == "lax"
     cases = [
@@ -320,7 +320,7 @@ def test_taps_under_vmap_matches_lax():
     pads = conv_geometry(x_shape, w_shape, **kw)[0]
     x, _, b = _data(x_shape, w_shape, seed=7)
     ws = jax.random.normal(jax.random.key(8), (3, *w_shape), F64)  # an ensemble of three filters
-    taps = lambda w, x: conv._hand_taps(x, w, b, pads, (1, 1), 1)  # one image per chunk: the scan path
+    taps = lambda w, x: conv.taps.conv(x, w, b, Plan(pads, block=1))  # one image per chunk: the scan path
     lax_conv = lambda w, x: conv2d(x, w, b, impl="lax", **kw)
     loss = lambda fn: (lambda w, x: jnp.sum(jnp.sin(fn(w, x))))
     ensemble = lambda fn: jax.vmap(jax.grad(loss(fn)), in_axes=(0, None))(ws, x)

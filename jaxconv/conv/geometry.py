@@ -1,0 +1,92 @@
+"""A convolution's geometry: argument checks, output sizes, padding and cropping.
+
+`Plan` is the one hashable description every hand-rolled algorithm takes as
+its last (non-differentiated) argument: `algorithm(x, w, b, plan)`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import jax.numpy as jnp
+
+from jaxconv import _args
+
+Pair = Tuple[int, int]
+
+
+class Plan(NamedTuple):
+    """How to run one convolution: its geometry and the algorithm's tile size.
+
+    pads: ((top, bottom), (left, right)); stride: (s_H, s_W); dilation: (d_H, d_W);
+    groups: G; block: the rows algorithm's output columns per block (B) or the taps
+    algorithm's images per chunk (c), None for im2col.
+    """
+
+    pads: Tuple[Pair, Pair]
+    stride: Pair = (1, 1)
+    dilation: Pair = (1, 1)
+    groups: int = 1
+    block: Optional[int] = None
+
+
+def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, op="conv2d"):
+    """Check a convolution's arguments and return (pads, s, d, groups, out_shape).
+
+    x_shape: (m, n_H, n_W, n_C); w_shape: (f_H, f_W, n_C / groups, n_C').
+    """
+    s = _args.pair(stride, "stride", op, minimum=1)
+    d = _args.pair(dilation, "dilation", op, minimum=1)
+    if len(w_shape) != 4:
+        raise ValueError(f"{op}: `w` must have shape (f_H, f_W, n_C / groups, n_C') (HWIO), got shape {tuple(w_shape)}.")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: `groups` must be an int >= 1, got {groups!r}.")
+    m, n_H, n_W, n_C = x_shape
+    f_H, f_W, n_Cg, n_C_out = w_shape
+    if n_C % groups:
+        raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels n_C (={n_C}); pick groups among the divisors of {n_C}.")
+    if n_C_out % groups:
+        raise ValueError(
+            f"{op}: `groups` (={groups}) must divide the filter's output channels n_C' (={n_C_out}); "
+            f"use a number of filters that is a multiple of groups."
+        )
+    if n_Cg * groups != n_C:
+        raise ValueError(
+            f"{op}: input channels n_C (={n_C}) must equal the filter's n_C_in (={n_Cg}) * groups (={groups}) "
+            f"= {n_Cg * groups}; give the filter shape (f_H, f_W, {n_C // groups}, n_C') or change the input."
+        )
+    pads = _args.padding_pairs(padding, op, n=(n_H, n_W), f=(f_H, f_W), s=s, d=d)
+    n_out = _args.window_output_sizes(op, "filter", (n_H, n_W), (f_H, f_W), pads, s, d)
+    return pads, s, d, groups, (m, *n_out, n_C_out)
+
+
+def out_size(n_pad, f, s, d):
+    """(n_H', n_W') of a valid correlation of an (n_H_pad, n_W_pad) input: ⌊(n_pad − d(f − 1) − 1)/s⌋ + 1."""
+    return tuple((n - d_i * (f_i - 1) - 1) // s_i + 1 for n, f_i, s_i, d_i in zip(n_pad, f, s, d))
+
+
+def padded_size(x_shape, pads):
+    """(n_H_pad, n_W_pad) of an (m, n_H, n_W, n_C) input with padding ((top, bottom), (left, right))."""
+    return x_shape[1] + pads[0][0] + pads[0][1], x_shape[2] + pads[1][0] + pads[1][1]
+
+
+def pad_input(x, pads):
+    """X_pad: x with zero rows and columns around it, (m, n_H + p_top + p_bottom, n_W + p_left + p_right, n_C)."""
+    return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+def crop(dX_pad, pads, x_shape):
+    """The inverse of `pad_input` for gradients: dX = dX_pad without its padding, (m, n_H, n_W, n_C)."""
+    (top, _), (left, _) = pads
+    return dX_pad[:, top : top + x_shape[1], left : left + x_shape[2], :]
+
+
+def acc_dtype(dtype):
+    """The dtype products are summed in: float32 for bfloat16 and float16 inputs (then cast back), else the input's."""
+    return jnp.float32 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else jnp.dtype(dtype)
+
+
+def lax_sum_dtype(dtype):
+    """lax.conv_general_dilated's preferred_element_type: float32 for bfloat16/float16, None (the input's, unchanged HLO) else."""
+    acc = acc_dtype(dtype)
+    return None if acc == jnp.dtype(dtype) else acc

@@ -1,0 +1,150 @@
+"""Which implementation and algorithm a convolution gets, and its tile size.
+
+Every tuned threshold lives in `TUNED`, each with the benchmark row behind it
+(2-core EPYC; the measurements themselves are in the README's convolution
+tables). `resolve_impl` decides impl="auto"; `hand_algorithm` the algorithm of
+impl="hand"; `rows_block` and `taps_chunk` the fast algorithms' tiles.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from jaxconv.conv.geometry import Plan, out_size, padded_size
+
+ALGORITHMS = ("auto", "im2col", "rows", "taps")
+
+TUNED = {
+    # taps: bytes of one chunk's K-fold tap products. Row: bench_conv.py 64->64 3x3 SAME, m=64, chunk sweep.
+    "taps_chunk_bytes": 6 << 20,
+    # rows: widest banded matrix, as n_W_pad / f_W. Row: bench_conv.py LeNet conv1/conv2 (6.4x, 2.8x) vs im2col.
+    "rows_max_waste": 8,
+    # rows: most elements of the banded matrix (4 MiB in float32). Row: bench_conv.py LeNet conv2 band.
+    "rows_max_band": 1 << 20,
+    # rows in blocks of f_W - 1 above this band waste. Row: benchmark.py LeNet-5 step, conv1 blocked vs not.
+    "rows_block_waste": 4,
+    # ... while the matmul has at most this many rows m·n_H'. Row: benchmark.py LeNet-5 batch 128 vs 512.
+    "rows_block_max_m": 4096,
+    # rows dX in two column groups when they skip >= 1/4 of the band. Row: benchmark.py LeNet-5 A/B, conv2.
+    "rows_dx_max_fraction": 0.75,
+    # auto uses taps only for at most this many taps f_H·f_W. Row: bench_conv.py --more, 5x5 wide layers.
+    "taps_auto_max_taps": 9,
+    # ... and at most this many padded pixels per output pixel. Row: bench_conv.py --more, 128->128 on 8x8.
+    "taps_auto_max_waste": 1.3,
+}
+
+
+def applicable(algorithm: str, w_shape, geom) -> str | None:
+    """Why `algorithm` cannot run this geometry (a phrase naming what it needs), or None when it can."""
+    _, s, d, groups = geom
+    needs = []
+    if algorithm in ("rows", "taps") and s != (1, 1):
+        needs.append(f"stride 1 (got {s})")
+    if algorithm == "rows" and d != (1, 1):
+        needs.append(f"dilation 1 (got {d})")
+    if algorithm in ("rows", "taps") and groups != 1:
+        needs.append(f"groups=1 (got {groups})")
+    return ", ".join(needs) or None
+
+
+def hand_algorithm(x_shape, w_shape, geom) -> str:
+    """The hand-rolled algorithm impl="hand" uses for this layer: "rows", "taps" or "im2col".
+
+    "rows" needs stride 1, dilation 1 and one group, and is chosen while its
+    banded filter matrix is at most TUNED["rows_max_waste"] times wider than the
+    filter and holds at most TUNED["rows_max_band"] elements; "taps" takes the
+    other layers with stride 1 and one group; "im2col" handles everything else.
+    """
+    pads, s, d, groups = geom
+    f_H, f_W, n_Cg, n_C_out = w_shape
+    n_W_pad = padded_size(x_shape, pads)[1]
+    n_W_out = n_W_pad - f_W + 1
+    band = f_H * n_W_pad * n_Cg * n_W_out * n_C_out
+    if applicable("rows", w_shape, geom) is None and n_W_pad <= TUNED["rows_max_waste"] * f_W and band <= TUNED["rows_max_band"]:
+        return "rows"
+    if applicable("taps", w_shape, geom) is None:
+        return "taps"
+    return "im2col"
+
+
+def rows_block(x_shape, w_shape, pads) -> int:
+    """B, the output columns per block of the rows algorithm: f_W − 1 or all n_W' of them."""
+    f_H, f_W = w_shape[:2]
+    n_H_pad, n_W_pad = padded_size(x_shape, pads)
+    n_H_out = n_H_pad - f_H + 1
+    full = n_W_pad - f_W + 1
+    wasteful = n_W_pad > TUNED["rows_block_waste"] * f_W
+    if f_W > 1 and wasteful and max(x_shape[0], 1) * n_H_out <= TUNED["rows_block_max_m"]:
+        return min(f_W - 1, full)
+    return full
+
+
+def taps_chunk(x_shape, w_shape, pads) -> int:
+    """c, the images per chunk of the taps algorithm: the largest divisor of m whose tap products fit TUNED["taps_chunk_bytes"]."""
+    m = max(int(x_shape[0]), 1)
+    f_H, f_W, n_C, n_C_out = w_shape
+    n_H_pad, n_W_pad = padded_size(x_shape, pads)
+    per_image = 4 * n_H_pad * n_W_pad * f_H * f_W * max(n_C, n_C_out)
+    fits = max(1, TUNED["taps_chunk_bytes"] // max(per_image, 1))
+    return max(c for c in range(1, min(m, fits) + 1) if m % c == 0)
+
+
+def plan(algorithm: str, x_shape, w_shape, geom) -> Plan:
+    """The Plan (geometry and tile) of a hand-rolled `algorithm` ("im2col", "rows" or "taps") for this layer."""
+    pads, s, d, groups = geom
+    block = None
+    if algorithm == "rows":
+        block = rows_block(x_shape, w_shape, pads)
+    elif algorithm == "taps":
+        block = taps_chunk(x_shape, w_shape, pads)
+    return Plan(pads, s, d, groups, block)
+
+
+def taps_pays(x_shape, w_shape, pads, d) -> bool:
+    """Whether taps beats lax forward+backward on CPU: few taps, little padding (TUNED["taps_auto_*"])."""
+    f = w_shape[:2]
+    n_pad = padded_size(x_shape, pads)
+    n_out = out_size(n_pad, f, (1, 1), d)  # the flattened grid's positions that are real outputs
+    return f[0] * f[1] <= TUNED["taps_auto_max_taps"] and n_pad[0] * n_pad[1] <= TUNED["taps_auto_max_waste"] * n_out[0] * n_out[1]
+
+
+def lax_grad_aborts(x_shape, w_shape, geom) -> bool:
+    """Whether jaxlib 0.10.2's CPU compiler may abort the process on lax's input gradient of this geometry.
+
+    XLA's algebraic simplifier fails a CHECK ("Window dimensions do not match RHS
+    shape") for a strided, padded axis while the other axis has a single output
+    position, e.g. x (1, 6, 3, 1), w (2, 2, 1, 1), stride (2, 3), padding
+    ((1, 1), (0, 0)), dilation (1, 2). Subprocess probes (tests/test_conv_algorithms.py)
+    aborted only when, besides, the strided axis read every padded row; this rule
+    leaves that out and so also covers a few geometries that compile, which
+    merely run hand-rolled.
+    """
+    pads, s, d, _ = geom
+    n_out = out_size(padded_size(x_shape, pads), w_shape[:2], s, d)
+    return any(s[a] > 1 and sum(pads[a]) > 0 and n_out[1 - a] == 1 for a in (0, 1))
+
+
+def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
+    """The implementation impl="auto" stands for: "lax" on GPU/TPU; on CPU "hand" where it is faster, else "lax".
+
+    Read at trace time (`jax.default_backend()`). On GPU and TPU lax's
+    convolution (cuDNN and friends) is fastest. On CPU, "hand" where its rows
+    algorithm applies (narrow layers like LeNet's: 2-6x faster than lax
+    forward+backward) or its taps algorithm pays (3x3 and 1x1 filters on images
+    larger than about 16x16: 1.2-3.4x faster), lax elsewhere (strides, groups,
+    5x5 filters on wide layers, small images); experiments/bench_conv.py
+    measures them. Without shapes, "auto" on CPU means "hand". Geometries whose
+    lax gradient aborts jaxlib's CPU compiler (`lax_grad_aborts`) get "hand".
+    """
+    if impl != "auto":
+        return impl
+    if jax.default_backend() != "cpu":
+        return "lax"
+    if geom is None:
+        return "hand"
+    algorithm = hand_algorithm(x_shape, w_shape, geom)
+    if algorithm == "rows" or (algorithm == "taps" and taps_pays(x_shape, w_shape, geom[0], geom[2])):
+        return "hand"
+    if lax_grad_aborts(x_shape, w_shape, geom):
+        return "hand"
+    return "lax"
