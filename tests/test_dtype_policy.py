@@ -7,6 +7,10 @@ bfloat16 sum (what accumulating in bfloat16 would give: far off on these cases),
 numpy BatchNorm, and the float32 model on the same params.
 """
 
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,3 +198,19 @@ def test_dtype_names_types_and_dtypes_are_accepted():
 def test_unknown_dtypes_name_the_choices(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_cli_train_bfloat16_end_to_end(tmp_path):
+    """`jaxconv train --dtype bfloat16` in a fresh interpreter (float32 by default, as users run it)."""
+    out = tmp_path / "bf16"
+    run = subprocess.run(
+        [sys.executable, "-m", "jaxconv.cli", "train", "--dtype", "bfloat16", "--limit", "64", "--epochs", "1",
+         "--batch-size", "32", "--impl", "lax", "--no-progress", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "(lax conv, bfloat16 compute)" in run.stdout and "best test accuracy" in run.stdout
+    assert json.load(open(out / "config.json"))["dtype"] == "bfloat16"
+    saved = np.load(out / "checkpoint.npz", allow_pickle=False)
+    params = [k for k in saved.files if k.startswith("params")]
+    assert params and {saved[k].dtype for k in params} == {np.dtype(np.float32)}  # float32 params on disk
