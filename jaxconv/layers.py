@@ -217,7 +217,8 @@ def _check_dtype(op, name, dtype):
     except TypeError:
         dt = None
     if dt is None or dt.name not in FLOAT_DTYPES:
-        raise ValueError(f"{op}: unknown `{name}` {dtype!r}. It needs to be one of {list(FLOAT_DTYPES)} or None (e.g. {name}=\"bfloat16\").")
+        example = "bfloat16" if name == "compute_dtype" else "float32"
+        raise ValueError(f"{op}: unknown `{name}` {dtype!r}. It needs to be one of {list(FLOAT_DTYPES)} or None (e.g. {name}=\"{example}\").")
     return dt
 
 
