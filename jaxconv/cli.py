@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
         model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, shift=args.shift, impl=args.impl, seed=args.seed,
         out=args.out, resume=args.resume, overwrite=args.overwrite, ensemble=args.ensemble, limit=args.limit,
-        checkpoint_every=args.checkpoint_every, progress=not args.no_progress, devices=args.devices,
+        checkpoint_every=args.checkpoint_every, progress=not args.no_progress, devices=args.devices, dtype=args.dtype,
     )
     try:
         result = fit(config)
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from jaxconv.conv import IMPLS
     from jaxconv.data import DATASETS
-    from jaxconv.loop import DEFAULT_LR, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULES, TrainConfig
+    from jaxconv.loop import DEFAULT_LR, DTYPES, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augment each training image by a random shift of up to PIXELS (0: off)")
     p.add_argument("--impl", choices=list(IMPLS), default=d.impl,
                    help="convolution implementation: auto picks the fastest for the platform")
+    p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype,
+                   help="compute dtype: bfloat16 runs convs and dense layers in bfloat16 (float32 sums), "
+                        "with float32 params, loss and optimizer")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and shuffling")
     p.add_argument("--out", default=d.out, metavar="DIR", help="where metrics, config, checkpoint and plot go")
     p.add_argument("--resume", action="store_true",

@@ -27,6 +27,12 @@ The layer contract (stated once, here):
   jax_enable_x64) unless a layer's `dtype=` says otherwise. Layers promote a
   mixed input/params pair to their common dtype (`jnp.result_type`, as Flax
   does); the pure functions (`conv2d`) stay strict and raise instead.
+  `compute_dtype=` (Conv2D, ConvTranspose2D, Dense, BatchNorm; Flax's `dtype`) is the mixed
+  precision policy: apply casts the input and the params to it and returns its
+  dtype, while the params (and so the gradients and the optimizer) keep
+  `dtype`. Convolutions and Dense sum products in float32 for bfloat16/float16;
+  BatchNorm computes its statistics and normalises in float32 and keeps float32
+  running statistics. None (the default) is the promotion above.
 """
 
 from __future__ import annotations
@@ -197,6 +203,32 @@ def _promote(x, *arrays):
     return [None if a is None else jnp.asarray(a).astype(dtype) for a in (x, *arrays)]
 
 
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")  # what `dtype=` and `compute_dtype=` accept
+
+
+def _check_dtype(op, name, dtype):
+    """`dtype` as a numpy dtype (None stays None); a float dtype by name, type or dtype, else an error naming the choices."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, (str, type, jnp.dtype)):
+        raise TypeError(f"{op}: `{name}` must be a dtype or its name, got {type(dtype).__name__} {dtype!r}; pass one of {list(FLOAT_DTYPES)} or None.")
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        example = "bfloat16" if name == "compute_dtype" else "float32"
+        raise ValueError(f"{op}: unknown `{name}` {dtype!r}. It needs to be one of {list(FLOAT_DTYPES)} or None (e.g. {name}=\"{example}\").")
+    return dt
+
+
+def _to_compute(compute_dtype, x, *arrays):
+    """x and the params in the compute dtype; with compute_dtype None, promoted to their common dtype."""
+    if compute_dtype is None:
+        return _promote(x, *arrays)
+    return [None if a is None else jnp.asarray(a).astype(compute_dtype) for a in (x, *arrays)]
+
+
 def _check_shape(op, input_shape, rank, what):
     shape = tuple(input_shape)
     if len(shape) != rank or not all(isinstance(n, int) for n in shape):
@@ -229,13 +261,16 @@ def Conv2D(
     dtype=None,
     algorithm: str = "auto",
     padding_mode: str = "zeros",
+    compute_dtype=None,
 ) -> Layer:
     """Convolution layer of `n_filters` filters of size f (an int or (f_H, f_W)); impl, algorithm, padding_mode as in `conv2d`.
 
     params: {"w": (f_H, f_W, n_C / groups, n_filters), "b": (n_filters,)} ("b" only with use_bias),
-    of `dtype` (None: JAX's default float dtype).
+    of `dtype` (None: JAX's default float dtype). x: (m, n_H, n_W, n_C) -> (m, n_H', n_W', n_filters)
+    in `compute_dtype` (None: the common dtype of x and the params); see the module's dtype notes.
     """
     op = "Conv2D"
+    dtype, compute_dtype = _check_dtype(op, "dtype", dtype), _check_dtype(op, "compute_dtype", compute_dtype)
     if isinstance(n_filters, bool) or not isinstance(n_filters, int) or n_filters < 1:
         raise ValueError(f"{op}: `n_filters` must be an int >= 1, got {n_filters!r}.")
     f = _conv._args.pair(f, "f", op, minimum=1)
@@ -259,7 +294,7 @@ def Conv2D(
 
     def apply(params, x, **kwargs):
         _check_params(op, params, keys)
-        x, w, b = _promote(x, params["w"], params.get("b"))
+        x, w, b = _to_compute(compute_dtype, x, params["w"], params.get("b"))
         return _conv.conv2d(x, w, b, impl=impl, algorithm=algorithm, padding_mode=padding_mode, **options)
 
     return _layer("conv", init, apply)
@@ -278,13 +313,16 @@ def ConvTranspose2D(
     w_init=initializers.he_normal,
     b_init=initializers.zeros,
     dtype=None,
+    compute_dtype=None,
 ) -> Layer:
     """Transposed convolution layer with `n_filters` output channels (`conv_transpose2d`).
 
     params: {"w": (f_H, f_W, n_filters / groups, n_C), "b": (n_filters,)} ("b" only with use_bias):
     w is the HWIO filter of the conv2d it transposes; of `dtype` (None: JAX's default float dtype).
+    x: (m, n_H, n_W, n_C) -> (m, n_H', n_W', n_filters) in `compute_dtype` (None: the common dtype).
     """
     op = "ConvTranspose2D"
+    dtype, compute_dtype = _check_dtype(op, "dtype", dtype), _check_dtype(op, "compute_dtype", compute_dtype)
     if isinstance(n_filters, bool) or not isinstance(n_filters, int) or n_filters < 1:
         raise ValueError(f"{op}: `n_filters` must be an int >= 1, got {n_filters!r}.")
     f = _conv._args.pair(f, "f", op, minimum=1)
@@ -307,15 +345,20 @@ def ConvTranspose2D(
 
     def apply(params, x, **kwargs):
         _check_params(op, params, keys)
-        x, w, b = _promote(x, params["w"], params.get("b"))
+        x, w, b = _to_compute(compute_dtype, x, params["w"], params.get("b"))
         return _conv.conv_transpose2d(x, w, b, impl=impl, **options)
 
     return _layer("conv_transpose", init, apply)
 
 
-def Dense(n_out: int, use_bias: bool = True, w_init=initializers.he_normal, b_init=initializers.zeros, dtype=None) -> Layer:
-    """Fully connected layer. params: {"w": (n_in, n_out), "b": (n_out,)} of `dtype` (None: JAX's default float)."""
+def Dense(n_out: int, use_bias: bool = True, w_init=initializers.he_normal, b_init=initializers.zeros, dtype=None,
+          compute_dtype=None) -> Layer:
+    """Fully connected layer. params: {"w": (n_in, n_out), "b": (n_out,)} of `dtype` (None: JAX's default float).
+
+    x: (m, n_in) -> (m, n_out) in `compute_dtype` (None: the common dtype of x and the params).
+    """
     op = "Dense"
+    dtype, compute_dtype = _check_dtype(op, "dtype", dtype), _check_dtype(op, "compute_dtype", compute_dtype)
     if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
         raise ValueError(f"{op}: `n_out` must be an int >= 1, got {n_out!r}.")
     keys = ("w", "b") if use_bias else ("w",)
@@ -335,7 +378,7 @@ def Dense(n_out: int, use_bias: bool = True, w_init=initializers.he_normal, b_in
 
     def apply(params, x, **kwargs):
         _check_params(op, params, keys)
-        return nn.dense(*_promote(x, params["w"], params.get("b")))
+        return nn.dense(*_to_compute(compute_dtype, x, params["w"], params.get("b")))
 
     return _layer("fc", init, apply)
 
@@ -470,7 +513,7 @@ Softmax = _elementwise("Softmax", "softmax", nn.softmax)
 LogSoftmax = _elementwise("LogSoftmax", "log_softmax", nn.log_softmax)
 
 
-def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None) -> Layer:
+def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None, compute_dtype=None) -> Layer:
     """Batch normalisation over every axis but the channels: (m, n_H, n_W, n_C) or (m, n).
 
     y = gamma · (x − μ) / sqrt(σ² + eps) + beta, with μ, σ² the batch's mean and (biased)
@@ -478,8 +521,15 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None) -> Layer:
     params: {"gamma": (n_C,) ones, "beta": (n_C,) zeros}; state: {"mean": (n_C,) zeros,
     "var": (n_C,) ones}, updated in train mode as new = (1 − momentum)·old + momentum·batch,
     with the batch's UNBIASED variance (·N/(N−1), N = values per channel) as PyTorch does.
+    params and state are of `dtype` (None: JAX's default float). With `compute_dtype` (e.g.
+    bfloat16) the output is of that dtype, but the statistics and the normalisation are computed
+    in float32 at least (bfloat16 keeps 8 bits of mantissa: a mean over a batch, and x − μ, would
+    lose most of theirs), and the running statistics stay in `dtype`.
     """
     op = "BatchNorm"
+    dtype, compute_dtype = _check_dtype(op, "dtype", dtype), _check_dtype(op, "compute_dtype", compute_dtype)
+    # the dtype statistics are computed in: the compute dtype, widened to float32 at least
+    stat_dtype = None if compute_dtype is None else jnp.promote_types(compute_dtype, jnp.float32)
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
         raise ValueError(f"{op}: `momentum` must be a number in [0, 1], got {momentum!r}.")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
@@ -506,6 +556,8 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None) -> Layer:
         if state is not None:
             _check_params(op, state, ("mean", "var"), what="state", fix="pass the state that init_state returned")
         axes = tuple(range(x.ndim - 1))  # every axis but n_C
+        if stat_dtype is not None:
+            x = jnp.asarray(x).astype(stat_dtype)  # statistics and normalisation in float32 (or wider)
         if train:
             n = math.prod(x.shape[:-1])  # values per channel
             if n < 2:
@@ -524,8 +576,10 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None) -> Layer:
                     f"pass state= (from init_state, updated by training steps), or train=True for batch statistics."
                 )
             mean, var = state["mean"], state["var"]
-        x, gamma, beta, mean, var = _promote(x, params["gamma"], params["beta"], mean, var)
+        x, gamma, beta, mean, var = _to_compute(stat_dtype, x, params["gamma"], params["beta"], mean, var)
         y = (x - mean) * jax.lax.rsqrt(var + eps) * gamma + beta
+        if compute_dtype is not None:
+            y = y.astype(compute_dtype)  # the next layer's input, in the compute dtype
         return y if state is None else (y, state)
 
     return _layer("bn", init, apply, init_state=init_state)

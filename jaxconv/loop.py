@@ -48,6 +48,7 @@ from jaxconv.train import evaluate, make_eval_step, make_train_step, stack_param
 OPTIMIZERS = ("sgd", "momentum", "adam")
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 2e-3}
 SCHEDULES = ("cosine", "constant")
+DTYPES = ("float32", "bfloat16")  # compute dtypes; params, loss and optimizer stay float32 (see README, Conventions)
 # The keys a checkpoint must agree on to be resumed: a different model, data
 # set or optimizer would silently train something else. `epochs` may grow (to
 # extend a finished run); `data_fingerprint` is checked first, with its own message.
@@ -68,6 +69,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine decay to 0 over the run, or constant
     shift: int = 2  # augmentation: random shifts of up to this many pixels (0: none)
     impl: str = "auto"  # convolution implementation, see jaxconv.conv2d
+    dtype: str = "float32"  # compute dtype; bfloat16: mixed precision, params stay float32
     seed: int = 0  # init and shuffling; the train/test split is fixed
     out: str = "runs/latest"
     resume: bool = False
@@ -88,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"train: `data`={self.data!r} is read from files; pass their folder with --data-dir PATH.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train: unknown `optimizer` {self.optimizer!r}. It needs to be one of {list(OPTIMIZERS)}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"train: unknown `dtype` {self.dtype!r}. It needs to be one of {list(DTYPES)}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"train: unknown `schedule` {self.schedule!r}. It needs to be one of {list(SCHEDULES)}.")
         for name, minimum in (("shift", 0), ("epochs", 1), ("batch_size", 1), ("ensemble", 1), ("seed", None),
@@ -155,9 +159,10 @@ def fingerprint(ds: data.Dataset) -> str:
 
 
 def build_model(config: TrainConfig, in_channels: int):
+    compute_dtype = None if config.dtype == "float32" else config.dtype  # float32: the model as it always was
     if config.model == "lenet5":
-        return models.lenet5(in_channels=in_channels, impl=config.impl)
-    return models.MODELS[config.model](impl=config.impl)
+        return models.lenet5(in_channels=in_channels, impl=config.impl, compute_dtype=compute_dtype)
+    return models.MODELS[config.model](impl=config.impl, compute_dtype=compute_dtype)
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int, schedule_epochs=None) -> optax.GradientTransformation:
@@ -442,7 +447,7 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
         return f"the last good checkpoint (step {checkpoint.read_header(ckpt_path)['step']}) is kept at {ckpt_path}"
 
     log(
-        f"training {config.model} ({config.impl} conv) on {config.data}: {m} train / {len(ds.x_test)} test images "
+        f"training {config.model} ({config.impl} conv{'' if config.dtype == 'float32' else ', ' + config.dtype + ' compute'}) on {config.data}: {m} train / {len(ds.x_test)} test images "
         f"{ds.x_train.shape[1:]}, {steps_per_epoch} steps of {config.batch_size} per epoch"
         + (f" ({dropped} images left out of each epoch, a different {dropped} each time)" if dropped else "")
         + f", {config.optimizer} lr={config.learning_rate} ({config.schedule}), shifts up to {config.shift} px"

@@ -21,7 +21,7 @@ def dense(x, w, b=None):
       b: (n_out,) or None.
 
     Returns:
-      (m, n_out) or (n_out,).
+      (m, n_out) or (n_out,), of x's dtype; bfloat16/float16 products are summed in float32.
     """
     if getattr(x, "ndim", None) not in (1, 2):
         raise ValueError(
@@ -37,8 +37,16 @@ def dense(x, w, b=None):
         )
     if b is not None and tuple(b.shape) != (w.shape[1],):
         raise ValueError(f"dense: `b` must have shape (n_out,) = ({w.shape[1]},), got {tuple(b.shape)}.")
-    y = x @ w  # (m, n_out)
-    return y if b is None else y + b
+    if _sum_dtype(x.dtype) is None:
+        y = x @ w  # (m, n_out)
+        return y if b is None else y + b
+    y = jnp.matmul(x, w, preferred_element_type=_sum_dtype(x.dtype))  # (m, n_out), products summed in float32
+    return (y if b is None else y + b).astype(x.dtype)
+
+
+def _sum_dtype(dtype):
+    """The dtype to sum products of `dtype` in: float32 for bfloat16 and float16 (8 and 11 bits of mantissa), else None (its own)."""
+    return jnp.float32 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else None
 
 
 def flatten(x):

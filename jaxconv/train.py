@@ -23,14 +23,26 @@ from jaxconv._args import check_labels
 from jaxconv.nn import accuracy, cost, softmax_cross_entropy
 
 
+def _float32_logits(logits):
+    """bfloat16/float16 logits (m, K) cast to float32, where the loss and the metrics are computed; others unchanged.
+
+    A mixed-precision model (compute_dtype="bfloat16") returns bfloat16 logits; log-softmax in
+    bfloat16 would round the loss to 8 bits of mantissa. The cast's gradient is the cast back.
+    """
+    if jnp.issubdtype(logits.dtype, jnp.floating) and jnp.finfo(logits.dtype).bits < 32:
+        return logits.astype(jnp.float32)
+    return logits
+
+
 def make_cost(apply: Callable, loss: Callable = softmax_cross_entropy) -> Callable:
     """J(params, x, y) = (1/m) Σᵢ L(apply(params, x)⁽ⁱ⁾, y⁽ⁱ⁾), returned with the logits as aux.
 
-    x: (m, n_H, n_W, n_C); y: (m,) integer labels or (m, K) one-hot.
+    x: (m, n_H, n_W, n_C); y: (m,) integer labels or (m, K) one-hot. Logits of fewer than 32
+    bits are cast to float32 first (`_float32_logits`), so J and the aux are float32.
     """
 
     def J(params, x, y):
-        logits = apply(params, x)  # (m, K)
+        logits = _float32_logits(apply(params, x))  # (m, K)
         return cost(loss(logits, y)), logits
 
     return J
@@ -128,6 +140,7 @@ def make_train_step(
             logits, new_state = apply(params, x, key=key, train=True), None  # (m, K)
         else:
             logits, new_state = apply(params, x, state=state, key=key, train=True)
+        logits = _float32_logits(logits)
         return cost(loss(logits, y)), (logits, new_state)
 
     grad_J_train = jax.value_and_grad(J_train, has_aux=True)
@@ -238,6 +251,7 @@ def make_eval_step(apply: Callable, loss: Callable = softmax_cross_entropy) -> C
             logits = apply(params, x)  # (m, K)
         else:
             logits, _ = apply(params, x, state=state, train=False)
+        logits = _float32_logits(logits)
         losses = loss(logits, y)  # (m,)
         labels = y if jnp.issubdtype(y.dtype, jnp.integer) else y.argmax(-1)
         correct = (logits.argmax(-1) == labels).astype(losses.dtype)
@@ -305,7 +319,7 @@ def per_example_grads(apply: Callable, loss: Callable, params, x, y, *, state=No
 
     def example_loss(p, x_i, y_i):
         if state is None:
-            return loss(apply(p, x_i), y_i)  # one example: (n_H, n_W, n_C) -> scalar
-        return loss(apply(p, x_i, state=state, train=False)[0], y_i)
+            return loss(_float32_logits(apply(p, x_i)), y_i)  # one example: (n_H, n_W, n_C) -> scalar
+        return loss(_float32_logits(apply(p, x_i, state=state, train=False)[0]), y_i)
 
     return jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)

@@ -28,7 +28,7 @@ from jax import lax
 from jaxconv import _args
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.conv import im2col, policy, rows, taps, transpose
-from jaxconv.conv.geometry import Plan, conv_geometry
+from jaxconv.conv.geometry import Plan, conv_geometry, lax_sum_dtype
 from jaxconv.conv.guard import guarded
 from jaxconv.conv.policy import ALGORITHMS, TUNED, hand_algorithm, resolve_impl, rows_block, taps_chunk
 from jaxconv.conv.shard import same_varying_axes
@@ -161,11 +161,15 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
         impl = "hand" if impl == "auto" else impl
     impl = resolve_impl(impl, x.shape, w_shape, geom)
     if impl == "lax":
+        acc = lax_sum_dtype(x.dtype)  # float32 for bfloat16/float16, as the hand-rolled algorithms sum
         z = lax.conv_general_dilated(
-            x, w, window_strides=s, padding=pads, rhs_dilation=d, dimension_numbers=LAYOUT, feature_group_count=groups
+            x, w, window_strides=s, padding=pads, rhs_dilation=d, dimension_numbers=LAYOUT, feature_group_count=groups,
+            preferred_element_type=acc,
         )
         if b is not None:
             z = z + b
+        if acc is not None:
+            z = z.astype(x.dtype)  # rounded once, after the sum and the bias
     elif impl == "hand":
         x, w, b = same_varying_axes(x, w, b)
         if algorithm == "auto":

@@ -84,3 +84,9 @@ def crop(dX_pad, pads, x_shape):
 def acc_dtype(dtype):
     """The dtype products are summed in: float32 for bfloat16 and float16 inputs (then cast back), else the input's."""
     return jnp.float32 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else jnp.dtype(dtype)
+
+
+def lax_sum_dtype(dtype):
+    """lax.conv_general_dilated's preferred_element_type: float32 for bfloat16/float16, None (the input's, unchanged HLO) else."""
+    acc = acc_dtype(dtype)
+    return None if acc == jnp.dtype(dtype) else acc

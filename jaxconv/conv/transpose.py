@@ -19,7 +19,7 @@ from jax import lax
 from jaxconv import _args
 from jaxconv._args import LAYOUT
 from jaxconv.conv import im2col
-from jaxconv.conv.geometry import Plan, acc_dtype, pad_input
+from jaxconv.conv.geometry import Plan, acc_dtype, lax_sum_dtype, pad_input
 
 
 def transpose_geometry(x_shape, w_shape, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, op="conv_transpose2d"):
@@ -108,8 +108,10 @@ def lax_transpose(x, w, b, plan: Plan, extra, out_shape):
     w_t = w.reshape(f_H, f_W, n_Cg_out, G, n_C // G).transpose(0, 1, 4, 3, 2).reshape(f_H, f_W, n_C // G, G * n_Cg_out)
     w_t = w_t[::-1, ::-1]  # rot180
     pads = [(d_i * (f_i - 1) - lo, d_i * (f_i - 1) - hi + e) for (lo, hi), d_i, f_i, e in zip(plan.pads, plan.dilation, (f_H, f_W), extra)]
+    acc = lax_sum_dtype(x.dtype)  # float32 for bfloat16/float16
     y = lax.conv_general_dilated(
         x, w_t, window_strides=(1, 1), padding=pads, lhs_dilation=plan.stride, rhs_dilation=plan.dilation,
-        dimension_numbers=LAYOUT, feature_group_count=G,
+        dimension_numbers=LAYOUT, feature_group_count=G, preferred_element_type=acc,
     )
-    return y if b is None else y + b
+    y = y if b is None else y + b
+    return y if acc is None else y.astype(x.dtype)
