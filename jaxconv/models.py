@@ -7,6 +7,9 @@ where it is computed stably. Models with BatchNorm carry state: build it with
 `dtype=None` gives params of JAX's default float dtype; `compute_dtype` (e.g. "bfloat16")
 runs every Conv2D, Dense and BatchNorm in that dtype with params kept in `dtype` (mixed
 precision: see jaxconv.layers and README "Conventions"); the logits are then of compute_dtype.
+`impl` and `algorithm` go to every Conv2D (see `jaxconv.conv2d`): e.g. lenet5(impl="hand",
+algorithm="im2col") runs the notes' im2col and its hand-derived backward in both layers; an
+algorithm that does not fit some layer (taps on a stride-2 conv) fails naming that layer.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from jaxconv.layers import (
 )
 
 
-def _lenet_like(n_filters1, n_filters2, num_classes, impl, dtype, compute_dtype) -> Layer:
+def _lenet_like(n_filters1, n_filters2, num_classes, impl, dtype, compute_dtype, algorithm) -> Layer:
     return serial(
-        ("conv1", Conv2D(n_filters1, 5, impl=impl, dtype=dtype, compute_dtype=compute_dtype)),  # (m, 28, 28, n_filters1)
+        ("conv1", Conv2D(n_filters1, 5, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)),  # (m, 28, 28, n_filters1)
         ("relu1", Relu()),
         ("pool1", MaxPool(2)),  # (m, 14, 14, n_filters1)
-        ("conv2", Conv2D(n_filters2, 5, impl=impl, dtype=dtype, compute_dtype=compute_dtype)),  # (m, 10, 10, n_filters2)
+        ("conv2", Conv2D(n_filters2, 5, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)),  # (m, 10, 10, n_filters2)
         ("relu2", Relu()),
         ("pool2", MaxPool(2)),  # (m, 5, 5, n_filters2)
         ("flatten", Flatten()),  # (m, 25·n_filters2)
@@ -46,14 +49,14 @@ def _lenet_like(n_filters1, n_filters2, num_classes, impl, dtype, compute_dtype)
     )
 
 
-def lenet5(num_classes: int = 10, in_channels: int = 1, impl: str = "auto", dtype=None, compute_dtype=None) -> Layer:
+def lenet5(num_classes: int = 10, in_channels: int = 1, impl: str = "auto", dtype=None, compute_dtype=None, algorithm: str = "auto") -> Layer:
     """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling, for 32x32 inputs.
 
     (m, 32, 32, in_channels) -> conv 6@5x5 -> pool 2 -> conv 16@5x5 -> pool 2
     -> 120 -> 84 -> num_classes logits. 61,706 parameters for 1 channel and 10 classes.
     `in_channels` is a property of the input: `init` checks it.
     """
-    net = _lenet_like(6, 16, num_classes, impl, dtype, compute_dtype)
+    net = _lenet_like(6, 16, num_classes, impl, dtype, compute_dtype, algorithm)
 
     def init(key, input_shape):
         if len(input_shape) == 4 and input_shape[3] != in_channels:
@@ -66,26 +69,26 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, impl: str = "auto", dtyp
     return net._replace(init=init)
 
 
-def seed_cnn(num_classes: int = 10, impl: str = "auto", dtype=None, compute_dtype=None) -> Layer:
+def seed_cnn(num_classes: int = 10, impl: str = "auto", dtype=None, compute_dtype=None, algorithm: str = "auto") -> Layer:
     """The notes' "CNN example" (Andrew Ng, CNN week 1), for 32x32x3 inputs.
 
     CONV1 f=5 s=1 8 filters (28,28,8) -> POOL1 (14,14,8) -> CONV2 f=5 s=1 16 filters
     (10,10,16) -> POOL2 (5,5,16) -> FC3 120 -> FC4 84 -> softmax 10 (logits here).
     True parameter counts: 608, 3216, 48120, 10164, 850.
     """
-    return _lenet_like(8, 16, num_classes, impl, dtype, compute_dtype)
+    return _lenet_like(8, 16, num_classes, impl, dtype, compute_dtype, algorithm)
 
 
 # ----------------------------------------------------------------------------- ResNet-20
 
 
-def _basic_block(n_C, stride, impl, dtype, compute_dtype=None) -> Layer:
+def _basic_block(n_C, stride, impl, dtype, compute_dtype=None, algorithm="auto") -> Layer:
     """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut, -> ReLU (He et al. 2016, fig. 2)."""
     block = serial(
-        ("conv_a", Conv2D(n_C, 3, stride=stride, padding=1, use_bias=False, impl=impl, dtype=dtype, compute_dtype=compute_dtype)),
+        ("conv_a", Conv2D(n_C, 3, stride=stride, padding=1, use_bias=False, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)),
         ("bn_a", BatchNorm(dtype=dtype, compute_dtype=compute_dtype)),
         ("relu_a", Relu()),
-        ("conv_b", Conv2D(n_C, 3, padding=1, use_bias=False, impl=impl, dtype=dtype, compute_dtype=compute_dtype)),
+        ("conv_b", Conv2D(n_C, 3, padding=1, use_bias=False, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)),
         ("bn_b", BatchNorm(dtype=dtype, compute_dtype=compute_dtype)),
     )
     # Option B at the downsampling blocks: a 1x1 stride-2 conv + BN projects (m, n_H, n_W, n_C/2)
@@ -94,13 +97,13 @@ def _basic_block(n_C, stride, impl, dtype, compute_dtype=None) -> Layer:
     shortcut = None
     if stride != 1:
         shortcut = serial(
-            ("conv", Conv2D(n_C, 1, stride=stride, use_bias=False, impl=impl, dtype=dtype, compute_dtype=compute_dtype)),
+            ("conv", Conv2D(n_C, 1, stride=stride, use_bias=False, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)),
             ("bn", BatchNorm(dtype=dtype, compute_dtype=compute_dtype)),
         )
     return residual(block, shortcut, Relu())
 
 
-def resnet20(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dtype=None, compute_dtype=None) -> Layer:
+def resnet20(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dtype=None, compute_dtype=None, algorithm: str = "auto") -> Layer:
     """ResNet-20 for CIFAR (He et al. 2016, sec. 4.2): 6n+2 layers with n = 3.
 
     (m, 32, 32, in_channels) -> conv3x3 16 + BN + ReLU -> stage1: 3 basic blocks of 16
@@ -112,10 +115,10 @@ def resnet20(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dt
     """
     stages = []
     for i, n_C in enumerate((16, 32, 64), start=1):
-        blocks = [(f"block{j}", _basic_block(n_C, 2 if (i > 1 and j == 1) else 1, impl, dtype, compute_dtype)) for j in (1, 2, 3)]
+        blocks = [(f"block{j}", _basic_block(n_C, 2 if (i > 1 and j == 1) else 1, impl, dtype, compute_dtype, algorithm)) for j in (1, 2, 3)]
         stages.append((f"stage{i}", serial(*blocks)))
     return serial(
-        ("conv1", Conv2D(16, 3, padding=1, use_bias=False, impl=impl, dtype=dtype, compute_dtype=compute_dtype)),  # (m, 32, 32, 16)
+        ("conv1", Conv2D(16, 3, padding=1, use_bias=False, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)),  # (m, 32, 32, 16)
         ("bn1", BatchNorm(dtype=dtype, compute_dtype=compute_dtype)),
         ("relu1", Relu()),
         *stages,  # (m, 8, 8, 64)
@@ -127,15 +130,15 @@ def resnet20(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dt
 # ----------------------------------------------------------------------------- Inception-style
 
 
-def _conv_bn_relu(n_C, f, impl, dtype, stride=1, groups=1, act=Relu, compute_dtype=None):
+def _conv_bn_relu(n_C, f, impl, dtype, stride=1, groups=1, act=Relu, compute_dtype=None, algorithm="auto"):
     return serial(
-        ("conv", Conv2D(n_C, f, stride=stride, padding=(f - 1) // 2, groups=groups, use_bias=False, impl=impl, dtype=dtype, compute_dtype=compute_dtype)),
+        ("conv", Conv2D(n_C, f, stride=stride, padding=(f - 1) // 2, groups=groups, use_bias=False, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)),
         ("bn", BatchNorm(dtype=dtype, compute_dtype=compute_dtype)),
         (act().kind, act()),
     )
 
 
-def inception_module(n_1x1, n_3x3_reduce, n_3x3, n_5x5_reduce, n_5x5, n_pool_proj, impl="auto", dtype=None, compute_dtype=None) -> Layer:
+def inception_module(n_1x1, n_3x3_reduce, n_3x3, n_5x5_reduce, n_5x5, n_pool_proj, impl="auto", dtype=None, compute_dtype=None, algorithm="auto") -> Layer:
     """GoogLeNet's module (Szegedy et al. 2014): four branches concatenated along n_C.
 
     (m, n_H, n_W, n_C) -> (m, n_H, n_W, n_1x1 + n_3x3 + n_5x5 + n_pool_proj). The 1x1
@@ -146,17 +149,17 @@ def inception_module(n_1x1, n_3x3_reduce, n_3x3, n_5x5_reduce, n_5x5, n_pool_pro
         (
             "branches",
             parallel(
-                ("b1x1", _conv_bn_relu(n_1x1, 1, impl, dtype, compute_dtype=compute_dtype)),
-                ("b3x3", serial(("reduce", _conv_bn_relu(n_3x3_reduce, 1, impl, dtype, compute_dtype=compute_dtype)), ("conv", _conv_bn_relu(n_3x3, 3, impl, dtype, compute_dtype=compute_dtype)))),
-                ("b5x5", serial(("reduce", _conv_bn_relu(n_5x5_reduce, 1, impl, dtype, compute_dtype=compute_dtype)), ("conv", _conv_bn_relu(n_5x5, 5, impl, dtype, compute_dtype=compute_dtype)))),
-                ("bpool", serial(("pool", MaxPool(3, stride=1, padding=1)), ("proj", _conv_bn_relu(n_pool_proj, 1, impl, dtype, compute_dtype=compute_dtype)))),
+                ("b1x1", _conv_bn_relu(n_1x1, 1, impl, dtype, compute_dtype=compute_dtype, algorithm=algorithm)),
+                ("b3x3", serial(("reduce", _conv_bn_relu(n_3x3_reduce, 1, impl, dtype, compute_dtype=compute_dtype, algorithm=algorithm)), ("conv", _conv_bn_relu(n_3x3, 3, impl, dtype, compute_dtype=compute_dtype, algorithm=algorithm)))),
+                ("b5x5", serial(("reduce", _conv_bn_relu(n_5x5_reduce, 1, impl, dtype, compute_dtype=compute_dtype, algorithm=algorithm)), ("conv", _conv_bn_relu(n_5x5, 5, impl, dtype, compute_dtype=compute_dtype, algorithm=algorithm)))),
+                ("bpool", serial(("pool", MaxPool(3, stride=1, padding=1)), ("proj", _conv_bn_relu(n_pool_proj, 1, impl, dtype, compute_dtype=compute_dtype, algorithm=algorithm)))),
             ),
         ),
         ("concat", fan_in_concat()),
     )
 
 
-def inception(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dtype=None, compute_dtype=None) -> Layer:
+def inception(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dtype=None, compute_dtype=None, algorithm: str = "auto") -> Layer:
     """A small Inception-style network for 32x32 inputs.
 
     (m, 32, 32, in_channels) -> conv3x3 32 -> inception (64 ch) -> inception (96) -> max pool 2
@@ -165,11 +168,11 @@ def inception(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", d
     """
     del in_channels  # a property of the input, kept for the registry's common signature
     return serial(
-        ("stem", _conv_bn_relu(32, 3, impl, dtype, compute_dtype=compute_dtype)),  # (m, 32, 32, 32)
-        ("inception1", inception_module(16, 16, 24, 8, 12, 12, impl, dtype, compute_dtype)),  # (m, 32, 32, 64)
-        ("inception2", inception_module(24, 24, 40, 8, 16, 16, impl, dtype, compute_dtype)),  # (m, 32, 32, 96)
+        ("stem", _conv_bn_relu(32, 3, impl, dtype, compute_dtype=compute_dtype, algorithm=algorithm)),  # (m, 32, 32, 32)
+        ("inception1", inception_module(16, 16, 24, 8, 12, 12, impl, dtype, compute_dtype, algorithm)),  # (m, 32, 32, 64)
+        ("inception2", inception_module(24, 24, 40, 8, 16, 16, impl, dtype, compute_dtype, algorithm)),  # (m, 32, 32, 96)
         ("pool", MaxPool(2)),  # (m, 16, 16, 96)
-        ("inception3", inception_module(32, 32, 48, 12, 24, 24, impl, dtype, compute_dtype)),  # (m, 16, 16, 128)
+        ("inception3", inception_module(32, 32, 48, 12, 24, 24, impl, dtype, compute_dtype, algorithm)),  # (m, 16, 16, 128)
         ("gap", GlobalAvgPool()),  # (m, 128)
         ("fc", Dense(num_classes, dtype=dtype, compute_dtype=compute_dtype)),
     )
@@ -177,23 +180,23 @@ def inception(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", d
 
 # ----------------------------------------------------------------------------- MobileNet-style
 
-def inverted_residual(n_in, n_out, expansion, stride, impl="auto", dtype=None, compute_dtype=None) -> Layer:
+def inverted_residual(n_in, n_out, expansion, stride, impl="auto", dtype=None, compute_dtype=None, algorithm="auto") -> Layer:
     """MobileNetV2's block (Sandler et al. 2018): 1x1 expand -> 3x3 depthwise -> 1x1 linear project.
 
     (m, n_H, n_W, n_in) -> (m, n_H/stride, n_W/stride, n_out); a residual (identity shortcut)
     when stride is 1 and n_in == n_out. The depthwise conv is a Conv2D with groups = channels.
     """
     n_hidden = n_in * expansion
-    layers = [("expand", _conv_bn_relu(n_hidden, 1, impl, dtype, act=Relu6, compute_dtype=compute_dtype))] if expansion != 1 else []
+    layers = [("expand", _conv_bn_relu(n_hidden, 1, impl, dtype, act=Relu6, compute_dtype=compute_dtype, algorithm=algorithm))] if expansion != 1 else []
     layers += [
-        ("depthwise", _conv_bn_relu(n_hidden, 3, impl, dtype, stride=stride, groups=n_hidden, act=Relu6, compute_dtype=compute_dtype)),
-        ("project", serial(("conv", Conv2D(n_out, 1, use_bias=False, impl=impl, dtype=dtype, compute_dtype=compute_dtype)), ("bn", BatchNorm(dtype=dtype, compute_dtype=compute_dtype)))),
+        ("depthwise", _conv_bn_relu(n_hidden, 3, impl, dtype, stride=stride, groups=n_hidden, act=Relu6, compute_dtype=compute_dtype, algorithm=algorithm)),
+        ("project", serial(("conv", Conv2D(n_out, 1, use_bias=False, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)), ("bn", BatchNorm(dtype=dtype, compute_dtype=compute_dtype)))),
     ]
     block = serial(*layers)
     return residual(block) if stride == 1 and n_in == n_out else block
 
 
-def mobilenet(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dtype=None, compute_dtype=None) -> Layer:
+def mobilenet(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dtype=None, compute_dtype=None, algorithm: str = "auto") -> Layer:
     """A small MobileNetV2-style network for 32x32 inputs.
 
     conv3x3 32 -> inverted residual blocks (expansion t, n_out c, stride s):
@@ -205,12 +208,12 @@ def mobilenet(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", d
     config = [(1, 16, 1), (6, 24, 2), (6, 24, 1), (6, 32, 2), (6, 32, 1), (6, 64, 2)]
     blocks, n_in = [], 32
     for i, (t, c, s) in enumerate(config, start=1):
-        blocks.append((f"block{i}", inverted_residual(n_in, c, t, s, impl, dtype, compute_dtype)))
+        blocks.append((f"block{i}", inverted_residual(n_in, c, t, s, impl, dtype, compute_dtype, algorithm)))
         n_in = c
     return serial(
-        ("stem", _conv_bn_relu(32, 3, impl, dtype, act=Relu6, compute_dtype=compute_dtype)),  # (m, 32, 32, 32)
+        ("stem", _conv_bn_relu(32, 3, impl, dtype, act=Relu6, compute_dtype=compute_dtype, algorithm=algorithm)),  # (m, 32, 32, 32)
         *blocks,  # (m, 4, 4, 64)
-        ("head", _conv_bn_relu(256, 1, impl, dtype, act=Relu6, compute_dtype=compute_dtype)),  # (m, 4, 4, 256)
+        ("head", _conv_bn_relu(256, 1, impl, dtype, act=Relu6, compute_dtype=compute_dtype, algorithm=algorithm)),  # (m, 4, 4, 256)
         ("gap", GlobalAvgPool()),  # (m, 256)
         ("fc", Dense(num_classes, dtype=dtype, compute_dtype=compute_dtype)),
     )

@@ -137,6 +137,18 @@ def test_lenet5_float64_gradient_hand_equals_lax():
     x, y = np.random.default_rng(0).standard_normal((2, 32, 32, 1)), np.array([3, 7])
     g_hand, g_lax = _grads(lenet5(impl="hand"), params, x, y), _grads(lenet5(impl="lax"), params, x, y)
     assert _max_rel_err(g_hand, g_lax) < 1e-12
+    # The notes' im2col, chosen for the whole model (impl="hand" picks rows for LeNet's layers).
+    g_im2col = _grads(lenet5(impl="hand", algorithm="im2col"), params, x, y)
+    assert _max_rel_err(g_im2col, g_lax) < 1e-12
+
+
+def test_a_model_wide_algorithm_that_does_not_fit_a_layer_names_it():
+    model = resnet20(algorithm="taps")  # taps needs stride 1: stage2's first conv has stride 2
+    shape = (1, 8, 8, 3)
+    _, params = model.init(KEY, shape)
+    _, state = model.init_state(shape)
+    with pytest.raises(ValueError, match=r"'taps' needs stride 1 .*in layer `stage2/block1/conv_a`"):
+        model.apply(params, np.zeros(shape), state=state)
 
 
 @pytest.mark.slow
