@@ -194,7 +194,7 @@ def make_train_step(
         return step
     compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
-    def checked_step(params, opt_state, x, y):
+    def checked_step(params, opt_state, x, y, state=None, key=None):
         if donate:  # a deleted buffer would reach XLA as "Buffer has been deleted or donated"
             for name, tree in (("params", params), ("opt_state", opt_state)):
                 if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(tree)):
@@ -205,7 +205,9 @@ def make_train_step(
                         f"donate=False to keep the inputs."
                     )
         try:
-            return compiled(params, opt_state, x, y)
+            if state is None and key is None:
+                return compiled(params, opt_state, x, y)
+            return compiled(params, opt_state, x, y, state, key)
         except AttributeError as e:  # optax reading a field of another optimizer's state
             if "State" not in str(e):
                 raise
