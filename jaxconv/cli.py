@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint.npz and (with matplotlib) curves.png to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", choices=sorted(MODELS), default=d.model, help="network to train")
+    p.add_argument("--model", choices=sorted(MODELS), default=d.model,
+                   help="network to train (jaxconv.models.MODELS), built for the data's channels and 10 classes; "
+                        "resnet20, inception and mobilenet carry BatchNorm state: trained in train mode (batch "
+                        "statistics), evaluated in eval mode (running statistics), state saved in the checkpoint. "
+                        "Same defaults for every model; on 2 CPU cores resnet20 takes ~1-2 min an epoch of the "
+                        "digits (README, Training models with state)")
     p.add_argument("--data", choices=sorted(DATASETS), default=d.data,
                    help="; ".join(f"{name}: {entry.help}" for name, entry in sorted(DATASETS.items())))
     p.add_argument("--data-dir", default=None, metavar="PATH", help="folder holding the mnist or cifar10 files")
