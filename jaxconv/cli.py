@@ -21,7 +21,10 @@ def cmd_summary(args) -> int:
     from jaxconv.summary import format_summary, summary
 
     input_shape = (1, *args.input_shape) if args.input_shape else INPUT_SHAPES[args.model]
-    model = MODELS[args.model](**({"in_channels": input_shape[3]} if args.model == "lenet5" else {}))
+    import inspect
+
+    takes_channels = "in_channels" in inspect.signature(MODELS[args.model]).parameters  # seed_cnn takes RGB only
+    model = MODELS[args.model](**({"in_channels": input_shape[3]} if takes_channels else {}))
     try:
         rows = summary(model, input_shape)
     except ValueError as e:
