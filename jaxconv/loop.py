@@ -3,8 +3,12 @@
     result = fit(TrainConfig(model="lenet5", data="digits", epochs=20))
 
 It writes to `config.out`: `config.json`, `metrics.jsonl` (one line per
-epoch), `checkpoint.npz` (params, optimizer state, step, key, config and the
-metrics history; written atomically) and, with matplotlib, `curves.png`.
+epoch), `checkpoint.npz` (params, optimizer state, the model's state, step, key,
+config and the metrics history; written atomically) and, with matplotlib, `curves.png`.
+
+Models with BatchNorm or Dropout (`uses_train_mode`) train in train mode with
+their state and a per-step key, and are evaluated in eval mode (running
+statistics, no dropout); see README, "Training models with state".
 
 Runs you can trust:
 - The checkpoint is the one source of truth. Each epoch is evaluated before
