@@ -3,8 +3,9 @@
 The format holds no pickle. A checkpoint is one NumPy `.npz` file (a zip of
 `.npy` arrays) read back with `allow_pickle=False`:
 
-- one entry per array leaf of `params` and `opt_state`, named by its pytree
-  key path, e.g. ``params['conv1']['w']`` or ``opt_state[0].mu['conv1']['w']``;
+- one entry per array leaf of `params`, `opt_state` and (when given) the
+  model's `state`, named by its pytree key path, e.g. ``params['conv1']['w']``,
+  ``opt_state[0].mu['conv1']['w']`` or ``state['bn1']['mean']``;
 - ``__key__``: the raw data of the RNG key (`jax.random.key_data` for a typed key);
 - ``__meta__``: a JSON document (as uint8 bytes) with the format version, the
   step, the config, the key's kind, and the name, shape and dtype of every leaf.
@@ -181,8 +182,8 @@ def remove_temporaries(path) -> list[str]:
     return removed
 
 
-def save_checkpoint(path, *, params, opt_state, step, key, config, metadata=None) -> str:
-    """Write params, optimiser state, step, RNG key and config to `path` (a .npz file), atomically.
+def save_checkpoint(path, *, params, opt_state, step, key, config, metadata=None, state=None) -> str:
+    """Write params, optimiser state, model state, step, RNG key and config to `path` (a .npz file), atomically.
 
     Args:
       path: the file to write (exactly this name; conventionally
@@ -195,6 +196,9 @@ def save_checkpoint(path, *, params, opt_state, step, key, config, metadata=None
       config: JSON-serialisable dict (or None) of the run's settings.
       metadata: JSON-serialisable data kept with the checkpoint (the training
         loop stores its metrics history here, so the two never disagree).
+      state: the model's state (BatchNorm's running statistics), a pytree of
+        arrays nested like params, e.g. {"bn1": {"mean": (n_C,), "var": (n_C,)}};
+        None (the default) stores none.
 
     Returns:
       The path written.
@@ -220,7 +224,8 @@ def save_checkpoint(path, *, params, opt_state, step, key, config, metadata=None
     entries: dict[str, np.ndarray] = {}
     meta = {"format": _FORMAT, "version": FORMAT_VERSION, "step": step, "config": config,
             "metadata": metadata, "jax_version": jax.__version__}
-    for prefix, tree in (("params", params), ("opt_state", opt_state)):
+    trees = (("params", params), ("opt_state", opt_state)) + ((("state", state),) if state is not None else ())
+    for prefix, tree in trees:
         leaves = [(name, _to_numpy(leaf, name, op)) for name, leaf in _named_leaves(tree, prefix, op)]
         meta[prefix] = {
             "leaves": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in leaves],
@@ -356,7 +361,7 @@ def _check_config(stored, wanted, path: str, op: str) -> None:
         )
 
 
-def load_checkpoint(path, *, params_like=None, opt_state_like=None, config=None) -> dict:
+def load_checkpoint(path, *, params_like=None, opt_state_like=None, config=None, state_like=None) -> dict:
     """Read a checkpoint written by `save_checkpoint`, checking it against templates and config.
 
     Args:
@@ -367,6 +372,9 @@ def load_checkpoint(path, *, params_like=None, opt_state_like=None, config=None)
       opt_state_like: likewise for the optimiser state (e.g. `optimizer.init(params)`).
       config: optional dict of the settings that must match the saved config;
         only its keys are compared.
+      state_like: optional template of the model's state (e.g. from
+        `model.init_state(input_shape)`), checked like params_like; a
+        checkpoint saved without state is then refused.
 
     Returns:
       dict with "params" (the template's structure; without a template, the
@@ -374,14 +382,15 @@ def load_checkpoint(path, *, params_like=None, opt_state_like=None, config=None)
       structure; without one, the saved nest if it had only dicts/lists/tuples,
       else a flat dict {leaf name: array} since NamedTuples of optax are not
       stored), "step" (int), "key" (a typed key, a raw uint32 key, or None),
-      "config" (the saved config) and, when it was saved with some, "metadata".
+      "config" (the saved config) and, when it was saved with some, "metadata"
+      and "state" (the model's state, in the template's structure if given).
     """
     op = "load_checkpoint"
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{op}: no checkpoint file `{path}`; check the path (save_checkpoint writes it).")
     with open(path, "rb") as f:
-        return _load(f, path, params_like, opt_state_like, config, op)
+        return _load(f, path, params_like, opt_state_like, config, op, state_like=state_like)
 
 
 def read_header(path) -> dict:
@@ -397,7 +406,7 @@ def read_header(path) -> dict:
         return _load(f, path, None, None, None, op, header_only=True)
 
 
-def _load(f, path, params_like, opt_state_like, config, op, header_only=False) -> dict:
+def _load(f, path, params_like, opt_state_like, config, op, header_only=False, state_like=None) -> dict:
     magic = f.read(4)
     f.seek(0)
     if magic != b"PK\x03\x04":  # every .npz is a zip; anything else numpy would try to read as a pickle
@@ -425,7 +434,7 @@ def _load(f, path, params_like, opt_state_like, config, op, header_only=False) -
         try:
             meta = json.loads(raw.tobytes().decode("utf-8"))
             version = meta["version"]
-            for part in ("params", "opt_state"):
+            for part in ("params", "opt_state") + (("state",) if "state" in meta else ()):
                 [(info["name"], info["shape"], info["dtype"]) for info in meta[part]["leaves"]]
             int(meta["step"])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
@@ -443,7 +452,16 @@ def _load(f, path, params_like, opt_state_like, config, op, header_only=False) -
             result["metadata"] = meta["metadata"]
         if header_only:
             return result
-        for prefix, template in (("params", params_like), ("opt_state", opt_state_like)):
+        if state_like is not None and "state" not in meta:
+            raise ValueError(
+                f"{op}: `{path}` holds no model state but `state_like` asks for one; the checkpoint was saved "
+                f"without state= (a model without BatchNorm, or an older run); pass state_like=None, or resume "
+                f"with the model that saved it."
+            )
+        parts = [("params", params_like), ("opt_state", opt_state_like)]
+        if "state" in meta:
+            parts.append(("state", state_like))
+        for prefix, template in parts:
             stored = meta[prefix]["leaves"]
             arrays = {}
             for info in stored:

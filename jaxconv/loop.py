@@ -3,8 +3,12 @@
     result = fit(TrainConfig(model="lenet5", data="digits", epochs=20))
 
 It writes to `config.out`: `config.json`, `metrics.jsonl` (one line per
-epoch), `checkpoint.npz` (params, optimizer state, step, key, config and the
-metrics history; written atomically) and, with matplotlib, `curves.png`.
+epoch), `checkpoint.npz` (params, optimizer state, the model's state, step, key,
+config and the metrics history; written atomically) and, with matplotlib, `curves.png`.
+
+Models with BatchNorm or Dropout (`uses_train_mode`) train in train mode with
+their state and a per-step key, and are evaluated in eval mode (running
+statistics, no dropout); see README, "Training models with state".
 
 Runs you can trust:
 - The checkpoint is the one source of truth. Each epoch is evaluated before
@@ -29,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -41,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv import checkpoint, data, models, parallel
+from jaxconv import checkpoint, conv, data, models, parallel
 from jaxconv._args import check_labels, integer
 from jaxconv.train import evaluate, make_eval_step, make_train_step, stack_params
 
@@ -69,6 +74,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine decay to 0 over the run, or constant
     shift: int = 2  # augmentation: random shifts of up to this many pixels (0: none)
     impl: str = "auto"  # convolution implementation, see jaxconv.conv2d
+    algorithm: str = "auto"  # the hand-rolled algorithm of every conv (auto: the policy's choice per layer)
     dtype: str = "float32"  # compute dtype; bfloat16: mixed precision, params stay float32
     seed: int = 0  # init and shuffling; the train/test split is fixed
     out: str = "runs/latest"
@@ -90,6 +96,7 @@ class TrainConfig:
             raise ValueError(f"train: `data`={self.data!r} is read from files; pass their folder with --data-dir PATH.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train: unknown `optimizer` {self.optimizer!r}. It needs to be one of {list(OPTIMIZERS)}.")
+        conv.check_impl(self.impl, self.algorithm, "train")  # e.g. --algorithm rows with --impl lax
         if self.dtype not in DTYPES:
             raise ValueError(f"train: unknown `dtype` {self.dtype!r}. It needs to be one of {list(DTYPES)}.")
         if self.schedule not in SCHEDULES:
@@ -158,11 +165,29 @@ def fingerprint(ds: data.Dataset) -> str:
     return h.hexdigest()
 
 
-def build_model(config: TrainConfig, in_channels: int):
-    compute_dtype = None if config.dtype == "float32" else config.dtype  # float32: the model as it always was
-    if config.model == "lenet5":
-        return models.lenet5(in_channels=in_channels, impl=config.impl, compute_dtype=compute_dtype)
-    return models.MODELS[config.model](impl=config.impl, compute_dtype=compute_dtype)
+def build_model(config: TrainConfig, in_channels: int, num_classes: int = 10):
+    """`models.MODELS[config.model]` for inputs with `in_channels` channels and `num_classes` classes.
+
+    Constructors without an `in_channels` argument (seed_cnn, which takes RGB) get
+    inputs tiled to their channels by `_channels_for`.
+    """
+    constructor = models.MODELS[config.model]
+    kwargs = {"num_classes": num_classes, "impl": config.impl}
+    if config.algorithm != "auto":
+        kwargs["algorithm"] = config.algorithm
+    if config.dtype != "float32":  # float32: the model as it always was
+        kwargs["compute_dtype"] = config.dtype
+    if "in_channels" in inspect.signature(constructor).parameters:
+        kwargs["in_channels"] = in_channels
+    return constructor(**kwargs)
+
+
+TRAIN_MODE_KINDS = ("bn", "dropout")  # layers that behave differently in train and eval mode
+
+
+def uses_train_mode(layer) -> bool:
+    """Whether a model has layers (BatchNorm, Dropout) that need state= / key= and train=True while training."""
+    return layer.kind in TRAIN_MODE_KINDS or any(uses_train_mode(child) for _, child in layer.children)
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int, schedule_epochs=None) -> optax.GradientTransformation:
@@ -187,21 +212,34 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int, schedule_epochs=N
 OPTIMIZER_HELP = {"sgd": "plain SGD", "momentum": "SGD with momentum 0.9", "adam": "Adam"}
 
 
-def _init(model, optimizer, key, input_shape, ensemble):
-    """Params and optimizer state; for an ensemble, K of each stacked on a leading axis."""
+def _init(model, optimizer, key, input_shape, ensemble, stateful=False):
+    """Params, optimizer state and model state (None for models without train mode).
+
+    For an ensemble, K of each stacked on a leading axis (the K states start equal).
+    """
     keys = jax.random.split(key, ensemble)
     params = [model.init(k, input_shape)[1] for k in keys]
     params = params[0] if ensemble == 1 else stack_params(params)
     opt_state = optimizer.init(params) if ensemble == 1 else jax.vmap(optimizer.init)(params)
-    return params, opt_state
+    state = None
+    if stateful:
+        state = model.init_state(input_shape)[1]  # BatchNorm: running mean 0, var 1
+        state = state if ensemble == 1 else stack_params([state] * ensemble)
+    return params, opt_state, state
 
 
-def _evaluate_ensemble(apply, params, x, y, batch_size):
+def _member(tree, k):
+    """Member k of a tree stacked on a leading axis (None stays None)."""
+    return None if tree is None else jax.tree_util.tree_map(lambda leaf: leaf[k], tree)
+
+
+def _evaluate_ensemble(apply, params, x, y, batch_size, state=None, eval_step=None):
     """Accuracy of each of K stacked models, and of the ensemble (mean of their probabilities)."""
     probs = []
     for k in range(jax.tree_util.tree_leaves(params)[0].shape[0]):
-        member = jax.tree_util.tree_map(lambda leaf: leaf[k], params)
-        probs.append(jax.nn.softmax(evaluate(apply, member, x, y, batch_size)["logits"]))
+        member = _member(params, k)
+        logits = evaluate(apply, member, x, y, batch_size, state=_member(state, k), eval_step=eval_step)["logits"]
+        probs.append(jax.nn.softmax(logits))
     probs = np.stack(probs)  # (K, m, classes)
     each = (probs.argmax(-1) == y).mean(axis=1)  # (K,)
     return each, float((probs.mean(0).argmax(-1) == y).mean())
@@ -389,23 +427,31 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
     steps_per_epoch = m // config.batch_size  # full batches: one compiled shape
     dropped = m - steps_per_epoch * config.batch_size
     model = build_model(config, ds.x_train.shape[3])
+    stateful = uses_train_mode(model)  # BatchNorm / Dropout: state= and key= into every step, eval mode to evaluate
     input_shape = (-1, *ds.x_train.shape[1:])
     root = jax.random.key(config.seed)
     init_key, data_key, shift_key = jax.random.split(root, 3)
+    dropout_key = jax.random.fold_in(root, 3)  # step s uses fold_in(dropout_key, s): resume draws the same masks
     config_dict = {**dataclasses.asdict(config), "lr": config.learning_rate, "data_fingerprint": config.data_fingerprint}
     cycles, extension = ([config.epochs], "") if header is None else _resume_plan(config, header, steps_per_epoch, ckpt_path)
     config_dict["schedule_epochs"] = cycles
     optimizer = build_optimizer(config, steps_per_epoch, cycles)
 
-    params, opt_state = _init(model, optimizer, init_key, input_shape, config.ensemble)
+    params, opt_state, state = _init(model, optimizer, init_key, input_shape, config.ensemble, stateful)
     if mesh is None:
         step_fn = make_train_step(model.apply, optimizer, ensemble=config.ensemble > 1)
     else:
-        step_fn = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh, ensemble=config.ensemble > 1)
+        step_fn = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh, ensemble=config.ensemble > 1,
+                                                    stateful=stateful)
     eval_step = make_eval_step(model.apply)
-    logits_shape = jax.eval_shape(
-        lambda p: model.apply(jax.tree_util.tree_map(lambda a: a[0], p) if config.ensemble > 1 else p,
-                              jnp.zeros((1, *ds.x_train.shape[1:]), ds.x_train.dtype)), params).shape
+
+    def first_logits(p, s):  # eval mode, one example, member 0 of an ensemble
+        if config.ensemble > 1:
+            p, s = _member(p, 0), _member(s, 0)
+        x = jnp.zeros((1, *ds.x_train.shape[1:]), ds.x_train.dtype)
+        return model.apply(p, x) if s is None else model.apply(p, x, state=s)[0]
+
+    logits_shape = jax.eval_shape(first_logits, params, state).shape
     for split, y in (("training", ds.y_train), ("test", ds.y_test)):
         check_labels(y, logits_shape[-1], "train", name=f"{split} labels of --data {config.data}",
                      fix=f"the data set has labels the {logits_shape[-1]}-class model cannot learn; fix the files")
@@ -419,26 +465,28 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
     history = []
     if header is not None:
         removed = checkpoint.remove_temporaries(ckpt_path) + checkpoint.remove_temporaries(metrics_path) if primary else []
-        state = checkpoint.load_checkpoint(ckpt_path, params_like=params, opt_state_like=opt_state, config=resume_keys)
-        params, opt_state, step = state["params"], state["opt_state"], int(state["step"])
-        history = _history_of(state, metrics_path, step)
+        loaded = checkpoint.load_checkpoint(ckpt_path, params_like=params, opt_state_like=opt_state, config=resume_keys,
+                                            state_like=state)
+        params, opt_state, step = loaded["params"], loaded["opt_state"], int(loaded["step"])
+        state = loaded.get("state") if stateful else None
+        history = _history_of(loaded, metrics_path, step)
         if primary:
             _write_metrics(metrics_path, history)  # rebuilt from the checkpoint: one line per epoch it has seen
         log(f"resumed from {ckpt_path} at step {step} (epoch {step // steps_per_epoch + 1})"
             + (f"; removed {len(removed)} temporary file(s) of a killed save" if removed else "")
             + (f"; {extension}" if extension else ""))
     if mesh is not None:
-        params, opt_state = parallel.replicate(mesh, (params, opt_state))
+        params, opt_state, state = parallel.replicate(mesh, (params, opt_state, state))
     if primary:
         _write_atomic(os.path.join(config.out, "config.json"), json.dumps(config_dict, indent=2))
 
     def save(step):
-        host_params, host_opt_state = parallel.to_host((params, opt_state))  # every process takes part
+        host_params, host_opt_state, host_state = parallel.to_host((params, opt_state, state))  # every process takes part
         if primary:
             checkpoint.save_checkpoint(
                 ckpt_path, params=host_params, opt_state=host_opt_state, step=step, key=root,
                 config={**resume_keys, "epochs": config.epochs, "schedule_epochs": cycles, "data_dir": config.data_dir},
-                metadata={"history": history},
+                metadata={"history": history}, state=host_state,
             )
 
     def kept() -> str:
@@ -476,7 +524,11 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
                 x = data.random_shift(x, config.shift, jax.random.fold_in(shift_key, step))  # whole global batch
                 if mesh is not None:
                     x, y = parallel.shard_batch(mesh, *parallel.take_process_rows(mesh, x, y))
-                params, opt_state, metrics = step_fn(params, opt_state, x, y)
+                if stateful:  # train mode: batch statistics, running ones updated; dropout masks from the step's key
+                    params, opt_state, metrics, state = step_fn(params, opt_state, x, y, state,
+                                                                jax.random.fold_in(dropout_key, step))
+                else:
+                    params, opt_state, metrics = step_fn(params, opt_state, x, y)
                 losses.append(metrics["loss"])
                 step += 1
                 if bar is not None and (step % 5 == 0 or step % steps_per_epoch == 0):
@@ -496,13 +548,14 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
             record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_time_s": train_time,
                       "images_per_s": len(losses) * config.batch_size / train_time}
             if config.ensemble == 1:
-                train_eval = evaluate(model.apply, params, ds.x_train, ds.y_train, 256, eval_step=eval_step)
-                test_eval = evaluate(model.apply, params, ds.x_test, ds.y_test, 256, eval_step=eval_step)
+                # eval mode: BatchNorm's running statistics, no dropout
+                train_eval = evaluate(model.apply, params, ds.x_train, ds.y_train, 256, eval_step=eval_step, state=state)
+                test_eval = evaluate(model.apply, params, ds.x_test, ds.y_test, 256, eval_step=eval_step, state=state)
                 record.update(train_accuracy=train_eval["accuracy"], test_loss=test_eval["loss"],
                               test_accuracy=test_eval["accuracy"])
             else:
-                train_each, train_ens = _evaluate_ensemble(model.apply, params, ds.x_train, ds.y_train, 256)
-                test_each, test_ens = _evaluate_ensemble(model.apply, params, ds.x_test, ds.y_test, 256)
+                train_each, train_ens = _evaluate_ensemble(model.apply, params, ds.x_train, ds.y_train, 256, state, eval_step)
+                test_each, test_ens = _evaluate_ensemble(model.apply, params, ds.x_test, ds.y_test, 256, state, eval_step)
                 record.update(train_accuracy=train_ens, test_accuracy=test_ens,
                               test_accuracy_each=[float(a) for a in test_each],
                               train_accuracy_each=[float(a) for a in train_each])

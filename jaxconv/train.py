@@ -218,7 +218,9 @@ def make_train_step(
                         f"donate=False to keep the inputs."
                     )
         try:
-            return compiled(params, opt_state, x, y, state=state, key=key)
+            if state is None and key is None:
+                return compiled(params, opt_state, x, y)
+            return compiled(params, opt_state, x, y, state, key)
         except AttributeError as e:  # optax reading a field of another optimizer's state
             if "State" not in str(e):
                 raise
