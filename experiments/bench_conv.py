@@ -69,7 +69,7 @@ def _lenet_and_wide(batch: int, quick: bool, more: bool = False):
         return [
             ("conv1", (batch, 32, 32, 1), (5, 5, 1, 6), 0),
             ("conv2", (batch, 14, 14, 6), (5, 5, 6, 16), 0),
-            ("wide3x3", (2, 8, 8, 16), (3, 3, 16, 16), "SAME"),
+            ("wide3x3", (2, 8, 8, 8), (3, 3, 8, 8), "SAME"),  # 8 channels: rows (TUNED["rows_max_channels"])
         ]
     out = [
         ("conv1", (batch, 32, 32, 1), (5, 5, 1, 6), 0),
