@@ -106,3 +106,26 @@ def test_inapplicable_geometry_raises_naming_the_need(algorithm, x_shape, w_shap
     msg = f"conv2d: `algorithm` {algorithm!r} needs {needs}; use algorithm='im2col' (any geometry) or 'auto'."
     with pytest.raises(ValueError, match=re.escape(msg)):
         conv2d(x, w, impl="hand", algorithm=algorithm, **kw)
+
+
+def test_mobilenet_block_auto_equals_lax():
+    """An inverted-residual block (1x1 expand, depthwise 3x3 stride 2, 1x1 project, BatchNorm in train mode):
+    the default impl (pointwise and depthwise on CPU) gives lax's values, gradients and running statistics."""
+    from jaxconv.models import inverted_residual
+
+    x = jax.random.normal(jax.random.key(4), (2, 8, 8, 4), F64)
+    outs = []
+    for impl in ("auto", "lax"):
+        block = inverted_residual(4, 6, 3, 2, impl=impl, dtype=F64)
+        _, params = block.init(jax.random.key(0), x.shape)
+        _, state = block.init_state(x.shape)
+
+        def loss(params, x):
+            y, new_state = block.apply(params, x, state=state, train=True)
+            return jnp.sum(jnp.sin(y)), (y, new_state)
+
+        (value, (y, new_state)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x)
+        outs.append((value, y, new_state, grads))
+    assert outs[0][1].shape == (2, 4, 4, 6)
+    for a, r in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+        np.testing.assert_allclose(a, r, **TOL)
