@@ -6,7 +6,10 @@
 Layers (NHWC -> filters): LeNet's conv1 (m, 32, 32, 1) -> 6 @ 5x5, LeNet's conv2
 (m, 14, 14, 6) -> 16 @ 5x5, and a wide (64, 32, 32, 64) -> 64 @ 3x3 SAME layer;
 with --more also the layers behind impl="auto"'s choice between taps and lax
-(3x3 layers from 3 to 128 channels on 32x32 down to 8x8, a 1x1 and a 5x5 layer).
+(3x3 layers from 3 to 128 channels on 32x32 down to 8x8, a 1x1 and a 5x5 layer);
+with --resnet instead every distinct convolution of ResNet-20 at batch --batch
+(3x3 stride 1 and 2, the 1x1 stride-2 projections) and MobileNet-style depthwise
+3x3 layers (groups = channels, stride 1 and 2).
 Contenders: impl="lax", impl="hand" (the algorithm `hand_algorithm` picks for
 the layer), each other hand-rolled algorithm that applies, forced (rows, taps, im2col),
 impl="hand_autodiff", and PyTorch's conv2d (NCHW, eager) when installed.
@@ -28,13 +31,45 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 
-def layers(batch: int, quick: bool, more: bool = False):
+def resnet_layers(batch: int, quick: bool = False):
+    """ResNet-20's convolutions and MobileNet-style depthwise ones: (name, x shape, w shape, padding, stride, groups)."""
+    if quick:
+        return [
+            ("r3x3s2", (2, 8, 8, 4), (3, 3, 4, 8), 1, 2, 1),
+            ("r1x1s2", (2, 8, 8, 4), (1, 1, 4, 8), 0, 2, 1),
+            ("dw3x3", (2, 8, 8, 8), (3, 3, 1, 8), 1, 1, 8),
+        ]
+    m = batch
+    return [
+        ("conv1 3->16", (m, 32, 32, 3), (3, 3, 3, 16), 1, 1, 1),
+        ("16@32", (m, 32, 32, 16), (3, 3, 16, 16), 1, 1, 1),
+        ("16->32 s2", (m, 32, 32, 16), (3, 3, 16, 32), 1, 2, 1),
+        ("1x1 16->32 s2", (m, 32, 32, 16), (1, 1, 16, 32), 0, 2, 1),
+        ("32@16", (m, 16, 16, 32), (3, 3, 32, 32), 1, 1, 1),
+        ("32->64 s2", (m, 16, 16, 32), (3, 3, 32, 64), 1, 2, 1),
+        ("1x1 32->64 s2", (m, 16, 16, 32), (1, 1, 32, 64), 0, 2, 1),
+        ("64@8", (m, 8, 8, 64), (3, 3, 64, 64), 1, 1, 1),
+        ("dw32@32", (m, 32, 32, 32), (3, 3, 1, 32), 1, 1, 32),
+        ("dw96@32 s2", (m, 32, 32, 96), (3, 3, 1, 96), 1, 2, 96),
+        ("dw144@16", (m, 16, 16, 144), (3, 3, 1, 144), 1, 1, 144),
+        ("dw192@8", (m, 8, 8, 192), (3, 3, 1, 192), 1, 1, 192),
+    ]
+
+
+def layers(batch: int, quick: bool, more: bool = False, resnet: bool = False):
+    """(name, x shape, w shape, padding, stride, groups)."""
+    if resnet:
+        return resnet_layers(batch, quick)
+    return [(*layer, 1, 1) for layer in _lenet_and_wide(batch, quick, more)]
+
+
+def _lenet_and_wide(batch: int, quick: bool, more: bool = False):
     """(name, x shape, w shape, padding)."""
     if quick:
         return [
             ("conv1", (batch, 32, 32, 1), (5, 5, 1, 6), 0),
             ("conv2", (batch, 14, 14, 6), (5, 5, 6, 16), 0),
-            ("wide3x3", (2, 8, 8, 16), (3, 3, 16, 16), "SAME"),
+            ("wide3x3", (2, 8, 8, 8), (3, 3, 8, 8), "SAME"),  # 8 channels: rows (TUNED["rows_max_channels"])
         ]
     out = [
         ("conv1", (batch, 32, 32, 1), (5, 5, 1, 6), 0),
@@ -53,25 +88,24 @@ def layers(batch: int, quick: bool, more: bool = False):
     return out
 
 
-def jax_contenders(x_shape, w_shape, padding):
+def jax_contenders(x_shape, w_shape, padding, stride=1, groups=1, autodiff=True):
     import jax
     import jax.numpy as jnp
 
     from jaxconv import conv
 
-    geom = conv.conv_geometry(x_shape, w_shape, padding=padding)[:4]
-    _, s, _, groups = geom
+    kw = {"padding": padding, "stride": stride, "groups": groups}
+    geom = conv.conv_geometry(x_shape, w_shape, **kw)[:4]
     algorithm = conv.hand_algorithm(x_shape, w_shape, geom)
     out = {
-        "lax": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="lax"),
-        f"hand ({algorithm})": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand"),
-        "hand, im2col forced": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand", algorithm="im2col"),
-        "hand_autodiff": lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand_autodiff"),
+        "lax": lambda x, w, b: conv.conv2d(x, w, b, **kw, impl="lax"),
+        f"hand ({algorithm})": lambda x, w, b: conv.conv2d(x, w, b, **kw, impl="hand"),
     }
-    if algorithm != "rows" and geom[1:] == ((1, 1), (1, 1), 1):
-        out["hand, rows forced"] = lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand", algorithm="rows")
-    if algorithm != "taps" and s == (1, 1) and groups == 1:
-        out["hand, taps forced"] = lambda x, w, b: conv.conv2d(x, w, b, padding=padding, impl="hand", algorithm="taps")
+    if autodiff:
+        out["hand_autodiff"] = lambda x, w, b: conv.conv2d(x, w, b, **kw, impl="hand_autodiff")
+    for forced in conv.ALGORITHMS[1:]:
+        if forced != algorithm and conv.policy.applicable(forced, w_shape, geom) is None:
+            out[f"hand, {forced} forced"] = lambda x, w, b, a=forced: conv.conv2d(x, w, b, **kw, impl="hand", algorithm=a)
     runs = {}
     k = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(k[0], x_shape, jnp.float32)
@@ -91,7 +125,7 @@ def jax_contenders(x_shape, w_shape, padding):
     return runs
 
 
-def torch_contenders(x_shape, w_shape, padding):
+def torch_contenders(x_shape, w_shape, padding, stride=1, groups=1):
     import torch
     import torch.nn.functional as F
 
@@ -99,19 +133,19 @@ def torch_contenders(x_shape, w_shape, padding):
     m, n_H, n_W, n_C = x_shape
     f_H, f_W, _, n_O = w_shape
     x = torch.randn(m, n_C, n_H, n_W, generator=g, requires_grad=True)
-    w = torch.randn(n_O, n_C, f_H, f_W, generator=g, requires_grad=True)
+    w = torch.randn(n_O, n_C // groups, f_H, f_W, generator=g, requires_grad=True)
     b = torch.randn(n_O, generator=g, requires_grad=True)
-    pad = "same" if padding == "SAME" else padding
-    dz = torch.randn_like(F.conv2d(x, w, b, padding=pad))
+    kw = {"padding": "same" if padding == "SAME" else padding, "stride": stride, "groups": groups}
+    dz = torch.randn_like(F.conv2d(x, w, b, **kw))
 
     def fwd(n):
         with torch.no_grad():
             for _ in range(n):
-                F.conv2d(x, w, b, padding=pad)
+                F.conv2d(x, w, b, **kw)
 
     def fwd_bwd(n):
         for _ in range(n):
-            torch.autograd.grad(F.conv2d(x, w, b, padding=pad), (x, w, b), dz)
+            torch.autograd.grad(F.conv2d(x, w, b, **kw), (x, w, b), dz)
 
     return {("PyTorch", "fwd"): fwd, ("PyTorch", "fwd+bwd"): fwd_bwd}
 
@@ -120,11 +154,12 @@ def measure(args):
     rows = []
     from jaxconv import conv
 
-    for layer, x_shape, w_shape, padding in layers(args.batch, args.quick, args.more):
-        auto = conv.resolve_impl("auto", x_shape, w_shape, conv.conv_geometry(x_shape, w_shape, padding=padding)[:4])
-        runs = jax_contenders(x_shape, w_shape, padding)
+    for layer, x_shape, w_shape, padding, stride, groups in layers(args.batch, args.quick, args.more, args.resnet):
+        geom = conv.conv_geometry(x_shape, w_shape, padding=padding, stride=stride, groups=groups)[:4]
+        auto = conv.resolve_impl("auto", x_shape, w_shape, geom)
+        runs = jax_contenders(x_shape, w_shape, padding, stride, groups, autodiff=not args.resnet)
         if not args.no_torch and importlib.util.find_spec("torch"):
-            runs.update(torch_contenders(x_shape, w_shape, padding))
+            runs.update(torch_contenders(x_shape, w_shape, padding, stride, groups))
         for run in runs.values():
             run(1)  # compile
             run(args.warmup)
@@ -133,7 +168,7 @@ def measure(args):
             ms = float(np.median(ts)) * 1e3
             lax_ms = float(np.median(times[("lax", direction)])) * 1e3
             rows.append(
-                {"layer": layer, "x": str(x_shape), "w": str(w_shape), "impl": name, "pass": direction, "ms": ms, "vs_lax": ms / lax_ms,
+                {"layer": layer, "x": str(x_shape), "w": str(w_shape), "stride": stride, "groups": groups, "impl": name, "pass": direction, "ms": ms, "vs_lax": ms / lax_ms,
                  "auto": auto}
             )
         print(f"{layer} done", flush=True)
@@ -142,11 +177,11 @@ def measure(args):
 
 def format_table(rows):
     lines = [
-        f"| {'layer':9s} | {'impl':22s} | pass    |      ms | time / lax | auto |",
-        f"|{'-' * 11}|{'-' * 24}|---------|--------:|-----------:|------|",
+        f"| {'layer':13s} | {'impl':22s} | pass    |      ms | time / lax | auto |",
+        f"|{'-' * 15}|{'-' * 24}|---------|--------:|-----------:|------|",
     ]
     for r in rows:
-        lines.append(f"| {r['layer']:9s} | {r['impl']:22s} | {r['pass']:7s} | {r['ms']:7.2f} | {r['vs_lax']:9.2f}x | {r['auto']:4s} |")
+        lines.append(f"| {r['layer']:13s} | {r['impl']:22s} | {r['pass']:7s} | {r['ms']:7.2f} | {r['vs_lax']:9.2f}x | {r['auto']:4s} |")
     return "\n".join(lines)
 
 
@@ -158,6 +193,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="calls after compiling, before timing")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     parser.add_argument("--more", action="store_true", help="also the layers behind impl='auto''s choice between taps and lax")
+    parser.add_argument("--resnet", action="store_true",
+                        help="instead: ResNet-20's convolutions (3x3, strided 3x3, 1x1 stride-2) and depthwise 3x3 layers, at --batch")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds, for tests")
     parser.add_argument("--out", default="results/bench_conv", help="folder for bench_conv.csv/.json")
     args = parser.parse_args(argv)

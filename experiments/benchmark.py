@@ -1,7 +1,16 @@
-"""LeNet-5 training throughput: jaxconv against plain JAX, Flax, Equinox and PyTorch, side by side.
+"""LeNet-5 (or ResNet-20) training throughput: jaxconv against plain JAX, Flax, Equinox and PyTorch, side by side.
 
     python experiments/benchmark.py --out results/bench            # batch 128 and 512
+    python experiments/benchmark.py --model resnet20 --out results/bench_resnet   # batch 128
     python experiments/benchmark.py --quick --out /tmp/bench        # seconds, for tests
+
+With --model resnet20: ResNet-20 on (m, 32, 32, 3), BatchNorm in train mode
+(batch statistics, running ones updated), Adam 1e-3: jaxconv's default and
+impl="lax" (models.resnet20 + make_train_step with state), the same network in
+plain JAX with lax convolutions and a hand BatchNorm, that plain-JAX network
+with jaxconv.conv.conv2d (default impl) for every convolution (the
+BatchNorm/combinator overhead check: same algorithms, no jaxconv layers), and
+PyTorch eager (fused Adam).
 
 Every contender trains LeNet-5 (32x32x1 -> 6@5x5 -> pool -> 16@5x5 -> pool ->
 120 -> 84 -> 10, Adam 1e-3, softmax cross-entropy) on the same random batch.
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from functools import partial
 import platform
 import sys
 import time
@@ -35,7 +45,8 @@ import _common  # noqa: E402
 # One CPU device per core, before JAX starts (for the sharded contender).
 from jaxconv.devices import cpu_devices
 
-FLOPS_PER_IMAGE = None  # filled by lenet5_flops()
+FLOPS_PER_IMAGE = None  # filled by lenet5_flops() or resnet20_flops()
+MODEL_CHANNELS = {"lenet5": 1, "resnet20": 3}
 
 
 def lenet5_flops() -> int:
@@ -294,6 +305,215 @@ def torch_step(x, y):
 
 
 # ---------------------------------------------------------------------------
+# ResNet-20 (CIFAR shape, BatchNorm in train mode, Adam): --model resnet20.
+# ---------------------------------------------------------------------------
+
+# Every convolution of ResNet-20 on 32x32x3: (n_H_out·n_W_out, f, n_C, n_C'), the order of the forward pass.
+RESNET20_CONVS = (
+    [(32 * 32, 3, 3, 16)]
+    + [(32 * 32, 3, 16, 16)] * 6
+    + [(16 * 16, 3, 16, 32), (16 * 16, 3, 32, 32), (16 * 16, 1, 16, 32)] + [(16 * 16, 3, 32, 32)] * 4
+    + [(8 * 8, 3, 32, 64), (8 * 8, 3, 64, 64), (8 * 8, 1, 32, 64)] + [(8 * 8, 3, 64, 64)] * 4
+)
+
+
+def resnet20_flops() -> int:
+    """Model FLOPs of one ResNet-20 training step per image: convolutions and the dense layer (2 per multiply-add).
+
+    Forward: Σ n_H'·n_W'·n_C'·f²·n_C over the 21 convolutions, + 64·10; backward: dW of every
+    layer and dX of every layer but the first (its input is data). BatchNorm/ReLU/adds not counted.
+    """
+    convs = [2 * n * f * f * c * o for n, f, c, o in RESNET20_CONVS]
+    dense = 2 * 64 * 10
+    forward = sum(convs) + dense
+    return forward + forward + (forward - convs[0])  # 243,994,368
+
+
+def _stateful_runner(step, params, opt_state, state, x, y):
+    """run(n) for a step(params, opt_state, x, y, state) -> (params, opt_state, loss, state); run.state as in `_runner`."""
+    import jax
+
+    box = [params, opt_state, state]
+
+    def run(n):
+        p, s, st = box
+        for _ in range(n):
+            p, s, out, st = step(p, s, x, y, st)
+        jax.block_until_ready((p, out, st))
+        box[:] = [p, s, st]
+
+    run.state = box
+    return run
+
+
+def jaxconv_resnet_step(x, y, impl="auto"):
+    """jaxconv's ResNet-20 step: models.resnet20(impl=impl), make_train_step with BatchNorm state (train mode)."""
+    import jax
+    import optax
+
+    from jaxconv.models import resnet20
+    from jaxconv.train import make_train_step
+
+    model = resnet20(impl=impl)
+    _, params = model.init(jax.random.key(0), (-1, 32, 32, 3))
+    _, state = model.init_state((-1, 32, 32, 3))
+    optimizer = optax.adam(1e-3)
+    train_step = make_train_step(model.apply, optimizer)
+
+    def step(p, s, x, y, st):
+        return train_step(p, s, x, y, state=st)
+
+    return _stateful_runner(step, params, optimizer.init(params), state, x, y)
+
+
+def plain_jax_resnet_step(x, y, conv_impl=None):
+    """ResNet-20 written directly in jax.numpy, no jaxconv layers: lax convolutions (conv_impl=None) or jaxconv.conv.conv2d(impl=conv_impl), a hand BatchNorm."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax import lax
+
+    from jaxconv.conv import conv2d
+
+    def conv(w, h, stride):
+        pad = (w.shape[0] - 1) // 2
+        if conv_impl is not None:
+            return conv2d(h, w, stride=stride, padding=pad, impl=conv_impl)
+        return lax.conv_general_dilated(h, w, (stride, stride), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def bn(p, st, h):  # train mode: batch statistics, PyTorch's running update (momentum 0.1, unbiased var)
+        mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+        n = h.size // h.shape[-1]
+        new = {"mean": 0.9 * st["mean"] + 0.1 * lax.stop_gradient(mean),
+               "var": 0.9 * st["var"] + 0.1 * lax.stop_gradient(var) * (n / (n - 1))}
+        return (h - mean) * lax.rsqrt(var + 1e-5) * p["gamma"] + p["beta"], new
+
+    keys = iter(jax.random.split(jax.random.key(0), 32))
+
+    def conv_bn(f, c, o):
+        w = jax.random.normal(next(keys), (f, f, c, o)) * (2 / (f * f * c)) ** 0.5
+        return {"w": w, "gamma": jnp.ones(o), "beta": jnp.zeros(o)}, {"mean": jnp.zeros(o), "var": jnp.ones(o)}
+
+    params, state = {}, {}
+    params["stem"], state["stem"] = conv_bn(3, 3, 16)
+    n_in = 16
+    for i, n_C in enumerate((16, 32, 64)):
+        for j in range(3):
+            name = f"s{i}b{j}"
+            params[name], state[name] = {}, {}
+            params[name]["a"], state[name]["a"] = conv_bn(3, n_in, n_C)
+            params[name]["b"], state[name]["b"] = conv_bn(3, n_C, n_C)
+            if n_in != n_C:
+                params[name]["proj"], state[name]["proj"] = conv_bn(1, n_in, n_C)
+            n_in = n_C
+    params["fc"] = {"w": jax.random.normal(next(keys), (64, 10)) * (1 / 64) ** 0.5, "b": jnp.zeros(10)}
+
+    def forward(params, state, x):
+        new = {}
+
+        def cbn(p, st, h, stride=1):
+            z, s = bn(p, st, conv(p["w"], h, stride))
+            return z, s
+
+        h, new["stem"] = cbn(params["stem"], state["stem"], x)
+        h = jax.nn.relu(h)
+        for i in range(3):
+            for j in range(3):
+                name = f"s{i}b{j}"
+                p, st, new[name] = params[name], state[name], {}
+                stride = 2 if "proj" in p else 1
+                z, new[name]["a"] = cbn(p["a"], st["a"], h, stride)
+                z, new[name]["b"] = cbn(p["b"], st["b"], jax.nn.relu(z))
+                if "proj" in p:
+                    h, new[name]["proj"] = cbn(p["proj"], st["proj"], h, stride)
+                h = jax.nn.relu(z + h)
+        logits = h.mean((1, 2)) @ params["fc"]["w"] + params["fc"]["b"]
+        return logits, new
+
+    def loss(params, state, x, y):
+        logits, new = forward(params, state, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+
+    optimizer = optax.adam(1e-3)
+
+    @partial(jax.jit, donate_argnums=(0, 1, 4))
+    def step(params, opt_state, x, y, state):
+        (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params, state, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value, new
+
+    return _stateful_runner(step, params, optimizer.init(params), state, x, y)
+
+
+def torch_resnet_step(x, y):
+    """The same ResNet-20 in PyTorch eager (option-B projections, BatchNorm momentum 0.1), fused Adam."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self, c, o, stride):
+            super().__init__()
+            self.conv_a, self.bn_a = nn.Conv2d(c, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o)
+            self.conv_b, self.bn_b = nn.Conv2d(o, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o)
+            self.proj = nn.Sequential(nn.Conv2d(c, o, 1, stride, bias=False), nn.BatchNorm2d(o)) if stride != 1 else None
+
+        def forward(self, h):
+            z = self.bn_b(self.conv_b(F.relu(self.bn_a(self.conv_a(h)))))
+            return F.relu(z + (h if self.proj is None else self.proj(h)))
+
+    class ResNet20(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
+            blocks, c = [], 16
+            for o in (16, 32, 64):
+                for j in range(3):
+                    blocks.append(Block(c, o, 2 if (j == 0 and o != 16) else 1))
+                    c = o
+            self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(64, 10)
+
+        def forward(self, h):
+            h = self.blocks(F.relu(self.bn1(self.conv1(h))))
+            return self.fc(h.mean((2, 3)))
+
+    model = ResNet20().train()
+    try:
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3, foreach=True)
+    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+
+    def run(n):
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xt), yt).backward()
+            optimizer.step()
+
+    run.model = model
+    return run
+
+
+def resnet_contenders(batch, args, n_devices):
+    """(name, factory) pairs for --model resnet20."""
+    import importlib.util
+
+    out = [
+        ("jaxconv default", lambda x, y: jaxconv_resnet_step(x, y)),
+        ("jaxconv impl=lax", lambda x, y: jaxconv_resnet_step(x, y, "lax")),
+        ("plain JAX (lax conv)", plain_jax_resnet_step),
+        ("plain JAX (jaxconv conv2d)", lambda x, y: plain_jax_resnet_step(x, y, "auto")),
+    ]
+    if not args.no_peers and importlib.util.find_spec("torch"):
+        out.append(("PyTorch eager", torch_resnet_step))
+    return out
+
+
+# ---------------------------------------------------------------------------
 # The measurement.
 # ---------------------------------------------------------------------------
 
@@ -328,10 +548,10 @@ def measure_batch(batch, args, n_devices, peak):
     import numpy as np
 
     rng = np.random.default_rng(batch)
-    x = rng.standard_normal((batch, 32, 32, 1), dtype=np.float32)
+    x = rng.standard_normal((batch, 32, 32, MODEL_CHANNELS[args.model]), dtype=np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
     runs, compile_s = {}, {}
-    for name, factory in contenders(batch, args, n_devices):
+    for name, factory in (resnet_contenders if args.model == "resnet20" else contenders)(batch, args, n_devices):
         xj, yj = (x, y) if name == "PyTorch eager" else (jax.numpy.asarray(x), jax.numpy.asarray(y))
         run = factory(xj, yj)
         compile_s[name] = _timed(lambda: run(1))  # first step: trace + compile + one step
@@ -364,11 +584,11 @@ def measure_batch(batch, args, n_devices, peak):
     return rows
 
 
-def format_table(rows, machine, peak, flops):
+def format_table(rows, machine, peak, flops, model="LeNet-5"):
     lines = [
         f"Machine: {machine}",
         f"float32 matmul peak: numpy {peak['numpy']:.0f} GFLOP/s, XLA dot {peak['xla']:.0f} GFLOP/s; "
-        f"LeNet-5 training step: {flops / 1e6:.2f} MFLOP/image",
+        f"{model} training step: {flops / 1e6:.2f} MFLOP/image",
         "",
         f"| {'contender':38s} | batch | images/s | vs PyTorch | ms/step | first step (s) | GFLOP/s | % of peak | cores busy |",
         f"|{'-' * 40}|------:|---------:|-----------:|--------:|---------------:|--------:|----------:|-----------:|",
@@ -384,7 +604,11 @@ def format_table(rows, machine, peak, flops):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=_common.positive_int, nargs="+", default=[128, 512], help="batch sizes to measure")
+    parser.add_argument("--model", choices=sorted(MODEL_CHANNELS), default="lenet5",
+                        help="lenet5 (default; jaxconv vs plain JAX, Flax, Equinox, PyTorch) or resnet20 (CIFAR shape, "
+                             "BatchNorm train mode: jaxconv default and impl=lax vs plain JAX with lax convs or jaxconv.conv2d, and PyTorch)")
+    parser.add_argument("--batch-sizes", type=_common.positive_int, nargs="+", default=None,
+                        help="batch sizes to measure (default: 128 and 512 for lenet5, 128 for resnet20)")
     parser.add_argument("--rounds", type=_common.positive_int, default=15, help="interleaved rounds; the median round is reported")
     parser.add_argument("--steps", type=_common.positive_int, default=10, help="training steps per contender per round")
     parser.add_argument("--warmup", type=int, default=5, help="steps run after the first, before timing")
@@ -394,12 +618,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny run for tests: batch 16, 2 rounds of 2 steps")
     parser.add_argument("--out", default="results/benchmark", help="folder for benchmark.csv and benchmark.json")
     args = parser.parse_args(argv)
+    if args.batch_sizes is None:
+        args.batch_sizes = [128] if args.model == "resnet20" else [128, 512]
     if args.quick:
-        args.batch_sizes, args.rounds, args.steps, args.warmup = [16], 2, 2, 1
+        args.batch_sizes, args.rounds, args.steps, args.warmup = [4 if args.model == "resnet20" else 16], 2, 2, 1
     n_devices = cpu_devices(args.devices) if args.devices > 1 else 1
 
     global FLOPS_PER_IMAGE
-    FLOPS_PER_IMAGE = lenet5_flops()
+    FLOPS_PER_IMAGE = resnet20_flops() if args.model == "resnet20" else lenet5_flops()
     try:
         import torch
 
@@ -413,7 +639,7 @@ def main(argv=None):
     for batch in args.batch_sizes:
         rows += measure_batch(batch, args, n_devices, peak)
         print(f"batch {batch} done", file=sys.stderr, flush=True)
-    table = format_table(rows, machine, peak, FLOPS_PER_IMAGE)
+    table = format_table(rows, machine, peak, FLOPS_PER_IMAGE, "ResNet-20" if args.model == "resnet20" else "LeNet-5")
     print(table)
     os.makedirs(args.out, exist_ok=True)
     _common.write_csv(os.path.join(args.out, "benchmark.csv"), list(rows[0]), [list(r.values()) for r in rows])

@@ -26,6 +26,8 @@ middle of an epoch to resume a run.
 
 from __future__ import annotations
 
+import functools
+
 import gzip
 import importlib
 import importlib.resources
@@ -529,16 +531,27 @@ def random_shift(x, max_shift: int, key):
         raise ValueError(f"{op}: `x` must have shape (m, n_H, n_W, n_C), got {x.shape}.")
     if max_shift == 0:
         return x
-    import jax
-
     m, H, W, _ = x.shape
-    shifts = np.asarray(jax.random.randint(key, (m, 2), -max_shift, max_shift + 1))  # (m, 2): (dy, dx)
+    shifts = _draw_shifts(key, m, max_shift)  # (m, 2): (dy, dx)
     s = max_shift
     padded = np.pad(x, ((0, 0), (s, s), (s, s), (0, 0)))
-    out = np.empty_like(x)
-    for i, (dy, dx) in enumerate(shifts):
-        out[i] = padded[i, s - dy : s - dy + H, s - dx : s - dx + W]
-    return out
+    # windows[i, a, b] = padded[i, a : a + H, b : b + W] (a view, no copy): (m, 2s + 1, 2s + 1, n_C, H, W)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (H, W), axis=(1, 2))
+    out = windows[np.arange(m), s - shifts[:, 0], s - shifts[:, 1]]  # one gather for the batch: (m, n_C, H, W)
+    return np.ascontiguousarray(np.moveaxis(out, 1, -1))
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_sampler(m: int, max_shift: int):
+    """One compiled draw of m (dy, dx) pairs: jax.random.randint's values, without its op-by-op dispatch per batch."""
+    import jax
+
+    return jax.jit(lambda key: jax.random.randint(key, (m, 2), -max_shift, max_shift + 1))
+
+
+def _draw_shifts(key, m: int, max_shift: int):
+    """(m, 2) shifts in [-max_shift, max_shift], as jax.random.randint(key, (m, 2), ...) draws them."""
+    return np.asarray(_shift_sampler(m, max_shift)(key))
 
 
 def num_batches(m: int, batch_size: int, drop_last: bool = False) -> int:

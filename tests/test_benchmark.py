@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (--quick) and report sane numbers. No timing assertions."""
 
+import importlib.util
 import json
 import math
 import os
@@ -123,3 +124,62 @@ def test_peer_contenders_train(peer):
     assert len(before) == len(after) == 10  # 5 layers x (weight, bias)
     assert all(np.all(np.isfinite(a)) for a in after)
     assert all(not np.array_equal(a, b) for a, b in zip(before, after))  # Adam moved every tensor
+
+
+def _benchmark_module():
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    return benchmark
+
+
+def test_resnet20_flops_by_hand():
+    benchmark = _benchmark_module()
+    # forward convs: conv1 884,736; stage1 6 x 4,718,592; stage2 2,359,296 + 262,144 (1x1) + 5 x 4,718,592;
+    # stage3 alike: 81,625,088, + dense 1,280. Backward: twice that but conv1's dX.
+    assert benchmark.resnet20_flops() == 3 * 81_626_368 - 884_736 == 243_994_368
+
+
+@pytest.mark.slow  # ~15 s of CPU: jaxconv's and the plain-JAX init, importing torch
+def test_resnet20_contenders_have_jaxconvs_parameter_count():
+    """The plain-JAX and PyTorch ResNet-20s are the same network as models.resnet20: 272,474 parameters."""
+    import jax
+    import numpy as np
+
+    benchmark = _benchmark_module()
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    y = np.zeros(2, np.int32)
+    from jaxconv.models import resnet20
+
+    _, params = resnet20().init(jax.random.key(0), (-1, 32, 32, 3))
+    count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))  # noqa: E731
+    assert count(params) == 272_474
+    plain = benchmark.plain_jax_resnet_step(jax.numpy.asarray(x), jax.numpy.asarray(y))
+    assert count(plain.state[0]) == 272_474
+    assert count(plain.state[2]) == 2 * (16 * 7 + 32 * 7 + 64 * 7)  # 21 BatchNorms' running mean and var
+    if importlib.util.find_spec("torch"):
+        run = benchmark.torch_resnet_step(x, y)
+        assert sum(p.numel() for p in run.model.parameters()) == 272_474
+
+
+@pytest.mark.slow
+def test_benchmark_resnet20_quick(tmp_path):
+    stdout = _run("benchmark.py", tmp_path, "--model", "resnet20", "--no-peers", "--devices", "1")
+    data = json.loads((tmp_path / "benchmark.json").read_text())
+    names = [r["name"] for r in data["rows"]]
+    assert names and set(names) == {"jaxconv default", "jaxconv impl=lax", "plain JAX (lax conv)", "plain JAX (jaxconv conv2d)"}
+    assert "ResNet-20 training step" in stdout and data["flops_per_image"] == 243_994_368
+    for r in data["rows"]:
+        assert r["batch"] == 4 and r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])
+
+
+@pytest.mark.slow
+def test_bench_conv_resnet_quick(tmp_path):
+    _run("bench_conv.py", tmp_path, "--no-torch", "--resnet")
+    rows = json.loads((tmp_path / "bench_conv.json").read_text())["rows"]
+    assert {r["layer"] for r in rows} == {"r3x3s2", "r1x1s2", "dw3x3"}
+    assert {(r["stride"], r["groups"]) for r in rows} == {(2, 1), (1, 8)}
+    for r in rows:
+        assert r["ms"] > 0 and math.isfinite(r["ms"])

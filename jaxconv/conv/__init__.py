@@ -11,6 +11,8 @@ The package, file by file:
   hand-derived backward, each formula beside the line that computes it;
 - `rows.py`, `taps.py`: the fast CPU algorithms (stride 1, one group), each
   forward above its hand-derived backward;
+- `depthwise.py` (groups = n_C: shift-multiply-add over the taps) and
+  `pointwise.py` (1x1, any stride: subsample + one matmul), likewise;
 - `policy.py`: which impl and algorithm a layer gets, every tuned threshold in
   one table (`TUNED`);
 - `guard.py`: inputs with NaN or Inf take im2col, which spreads them exactly
@@ -27,7 +29,7 @@ from jax import lax
 
 from jaxconv import _args
 from jaxconv._args import LAYOUT, conv_output_size
-from jaxconv.conv import im2col, policy, rows, taps, transpose
+from jaxconv.conv import depthwise, im2col, pointwise, policy, rows, taps, transpose
 from jaxconv.conv.geometry import Plan, conv_geometry, lax_sum_dtype
 from jaxconv.conv.guard import guarded
 from jaxconv.conv.policy import ALGORITHMS, TUNED, hand_algorithm, resolve_impl, rows_block, taps_chunk
@@ -38,6 +40,7 @@ IMPLS = ("auto", "lax", "hand", "hand_autodiff")
 TRANSPOSE_IMPLS = ("auto", "lax", "hand")
 PADDING_MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # PyTorch's name: jnp.pad's
 _HAND = {"im2col": im2col.conv, "rows": rows.conv, "taps": taps.conv}
+_EXACT = {"im2col": im2col.conv, "depthwise": depthwise.conv, "pointwise": pointwise.conv}  # read window pixels only: no NaN guard
 
 __all__ = [
     "ALGORITHMS",
@@ -120,8 +123,10 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
       algorithm: the hand-rolled algorithm, for impl="hand" (or "auto", which it
         then makes hand-rolled): "auto" (default: chosen per layer by
         `policy.hand_algorithm`), "im2col" (the notes' patches times filter; any
-        geometry), "rows" (banded filter matrix; stride 1, dilation 1, one group)
-        or "taps" (shift-add of tap products; stride 1, one group).
+        geometry), "rows" (banded filter matrix; stride 1, dilation 1, one group),
+        "taps" (shift-add of tap products; stride 1, one group), "depthwise"
+        (shift-multiply-add per channel; groups = n_C, any stride and dilation)
+        or "pointwise" (subsample + matmul; 1x1 filters, one group, any stride).
       padding_mode: what the padding holds, PyTorch's modes: "zeros" (default),
         "reflect" (mirror without the edge; padding < n), "replicate" (the
         edge pixel repeated) or "circular" (wrap around; padding <= n).
@@ -175,7 +180,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
         if algorithm == "auto":
             algorithm = hand_algorithm(x.shape, w_shape, geom)
         plan = policy.plan(algorithm, x.shape, w_shape, geom)
-        z = im2col.conv(x, w, b, plan) if algorithm == "im2col" else guarded(x, w, b, _HAND[algorithm], plan)
+        z = _EXACT[algorithm](x, w, b, plan) if algorithm in _EXACT else guarded(x, w, b, _HAND[algorithm], plan)
     else:
         z = im2col.forward(x, w, b, Plan(*geom))[0]
     return z[0] if single else z

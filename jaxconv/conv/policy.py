@@ -12,7 +12,7 @@ import jax
 
 from jaxconv.conv.geometry import Plan, out_size, padded_size
 
-ALGORITHMS = ("auto", "im2col", "rows", "taps")
+ALGORITHMS = ("auto", "im2col", "rows", "taps", "depthwise", "pointwise")
 
 TUNED = {
     # taps: bytes of one chunk's K-fold tap products. Row: bench_conv.py 64->64 3x3 SAME, m=64, chunk sweep.
@@ -21,6 +21,9 @@ TUNED = {
     "rows_max_waste": 8,
     # rows: most elements of the banded matrix (4 MiB in float32). Row: bench_conv.py LeNet conv2 band.
     "rows_max_band": 1 << 20,
+    # rows: most input channels per group; wider layers take taps. Rows: bench_conv.py --resnet 32@16 (rows 2.77x lax,
+    # taps 1.45x) and 64@8 (rows 1.83x, taps 1.01x); LeNet conv1/conv2 (1 and 6 channels) keep rows.
+    "rows_max_channels": 8,
     # rows in blocks of f_W - 1 above this band waste. Row: benchmark.py LeNet-5 step, conv1 blocked vs not.
     "rows_block_waste": 4,
     # ... while the matmul has at most this many rows m·n_H'. Row: benchmark.py LeNet-5 batch 128 vs 512.
@@ -42,26 +45,38 @@ def applicable(algorithm: str, w_shape, geom) -> str | None:
         needs.append(f"stride 1 (got {s})")
     if algorithm == "rows" and d != (1, 1):
         needs.append(f"dilation 1 (got {d})")
-    if algorithm in ("rows", "taps") and groups != 1:
+    if algorithm in ("rows", "taps", "pointwise") and groups != 1:
         needs.append(f"groups=1 (got {groups})")
+    if algorithm == "depthwise" and (groups == 1 or w_shape[2] != 1):
+        needs.append(f"one input channel per group, groups = n_C (got groups={groups} with {w_shape[2]} channels per group)")
+    if algorithm == "pointwise" and tuple(w_shape[:2]) != (1, 1):
+        needs.append(f"a 1x1 filter (got {w_shape[0]}x{w_shape[1]})")
     return ", ".join(needs) or None
 
 
 def hand_algorithm(x_shape, w_shape, geom) -> str:
-    """The hand-rolled algorithm impl="hand" uses for this layer: "rows", "taps" or "im2col".
+    """The hand-rolled algorithm impl="hand" uses for this layer: "rows", "taps", "depthwise", "pointwise" or "im2col".
 
-    "rows" needs stride 1, dilation 1 and one group, and is chosen while its
-    banded filter matrix is at most TUNED["rows_max_waste"] times wider than the
-    filter and holds at most TUNED["rows_max_band"] elements; "taps" takes the
-    other layers with stride 1 and one group; "im2col" handles everything else.
+    "rows" needs stride 1, dilation 1 and one group, and is chosen for layers of
+    at most TUNED["rows_max_channels"] input channels while its banded filter
+    matrix is at most TUNED["rows_max_waste"] times wider than the filter and
+    holds at most TUNED["rows_max_band"] elements; "depthwise" takes
+    layers with one input channel per group (groups = n_C), "pointwise" 1x1
+    filters with one group, "taps" the other layers with stride 1 and one group;
+    "im2col" handles everything else.
     """
     pads, s, d, groups = geom
     f_H, f_W, n_Cg, n_C_out = w_shape
     n_W_pad = padded_size(x_shape, pads)[1]
     n_W_out = n_W_pad - f_W + 1
     band = f_H * n_W_pad * n_Cg * n_W_out * n_C_out
-    if applicable("rows", w_shape, geom) is None and n_W_pad <= TUNED["rows_max_waste"] * f_W and band <= TUNED["rows_max_band"]:
+    narrow = n_Cg <= TUNED["rows_max_channels"]
+    if applicable("rows", w_shape, geom) is None and narrow and n_W_pad <= TUNED["rows_max_waste"] * f_W and band <= TUNED["rows_max_band"]:
         return "rows"
+    if applicable("depthwise", w_shape, geom) is None:
+        return "depthwise"
+    if applicable("pointwise", w_shape, geom) is None:
+        return "pointwise"
     if applicable("taps", w_shape, geom) is None:
         return "taps"
     return "im2col"
@@ -90,7 +105,7 @@ def taps_chunk(x_shape, w_shape, pads) -> int:
 
 
 def plan(algorithm: str, x_shape, w_shape, geom) -> Plan:
-    """The Plan (geometry and tile) of a hand-rolled `algorithm` ("im2col", "rows" or "taps") for this layer."""
+    """The Plan (geometry and tile) of a hand-rolled `algorithm` (one of ALGORITHMS but "auto") for this layer."""
     pads, s, d, groups = geom
     block = None
     if algorithm == "rows":
@@ -130,10 +145,12 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     Read at trace time (`jax.default_backend()`). On GPU and TPU lax's
     convolution (cuDNN and friends) is fastest. On CPU, "hand" where its rows
     algorithm applies (narrow layers like LeNet's: 2-6x faster than lax
-    forward+backward) or its taps algorithm pays (3x3 and 1x1 filters on images
-    larger than about 16x16: 1.2-3.4x faster), lax elsewhere (strides, groups,
-    5x5 filters on wide layers, small images); experiments/bench_conv.py
-    measures them. Without shapes, "auto" on CPU means "hand". Geometries whose
+    forward+backward), its taps algorithm pays (3x3 and 1x1 filters on images
+    larger than about 16x16: 1.2-3.4x faster), the layer is depthwise (groups =
+    n_C: 4-9x faster, bench_conv.py --resnet dw rows) or 1x1 with one group
+    (pointwise, any stride: 2.3x faster on ResNet-20's stride-2 projections);
+    lax elsewhere (strided 3x3 and 5x5, other groups, 5x5 filters on wide
+    layers, small images); experiments/bench_conv.py measures them. Without shapes, "auto" on CPU means "hand". Geometries whose
     lax gradient aborts jaxlib's CPU compiler (`lax_grad_aborts`) get "hand".
     """
     if impl != "auto":
@@ -143,7 +160,7 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     if geom is None:
         return "hand"
     algorithm = hand_algorithm(x_shape, w_shape, geom)
-    if algorithm == "rows" or (algorithm == "taps" and taps_pays(x_shape, w_shape, geom[0], geom[2])):
+    if algorithm in ("rows", "depthwise", "pointwise") or (algorithm == "taps" and taps_pays(x_shape, w_shape, geom[0], geom[2])):
         return "hand"
     if lax_grad_aborts(x_shape, w_shape, geom):
         return "hand"

@@ -1,0 +1,107 @@
+"""depthwise: shift-multiply-add for depthwise layers (groups = n_C, one filter per channel; any stride, dilation).
+
+With one input channel per group, each output channel o = c·k + j (k = n_C'/n_C filters per
+channel) sees input channel c only, and the convolution is f_H·f_W elementwise multiply-adds of
+strided slices of X_pad:
+
+    Z[m, h, w, o] = b[o] + Σ_{i, j} X_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c(o)] · W[i, j, 0, o]
+
+No matmul (there is nothing to contract), no gathered patches; every product reads a pixel of its
+window only, so NaN and Inf spread exactly as in the direct sum (no guard needed).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input
+
+
+def _tap(x_pad, i, j, n_out, s, d):
+    """X_pad[:, h·s_H + i·d_H, w·s_W + j·d_W, :] for all output positions (h, w): (m, n_H', n_W', n_C)."""
+    m, _, _, n_C = x_pad.shape
+    start = (0, i * d[0], j * d[1], 0)
+    limit = (m, start[1] + (n_out[0] - 1) * s[0] + 1, start[2] + (n_out[1] - 1) * s[1] + 1, n_C)
+    return lax.slice(x_pad, start, limit, (1, s[0], s[1], 1))
+
+
+def _per_filter(x, k):
+    """x with each channel repeated for its k filters: (m, n_H, n_W, n_C) -> (m, n_H, n_W, n_C·k)."""
+    return x if k == 1 else jnp.repeat(x, k, axis=-1)
+
+
+def forward(x, w, b, plan: Plan):
+    """Z = Σ_{i,j} tap_ij(X_pad) ⊙ W[i, j, 0] (+ b): x (m, n_H, n_W, n_C), w (f_H, f_W, 1, n_C') -> (m, n_H', n_W', n_C')."""
+    f_H, f_W, _, n_C_out = w.shape
+    k = n_C_out // x.shape[3]
+    x_pad = _per_filter(pad_input(x, plan.pads), k)  # (m, n_H_pad, n_W_pad, n_C')
+    n_out = out_size(x_pad.shape[1:3], (f_H, f_W), plan.stride, plan.dilation)
+    acc = acc_dtype(x.dtype)
+    z = None
+    for i in range(f_H):
+        for j in range(f_W):
+            term = _tap(x_pad, i, j, n_out, plan.stride, plan.dilation).astype(acc) * w[i, j, 0].astype(acc)
+            z = term if z is None else z + term
+    z = z.astype(x.dtype)
+    return z if b is None else z + b
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv(x, w, b, plan: Plan):
+    """Depthwise convolution (groups = n_C) with its hand-derived backward (`backward`).
+
+    x: (m, n_H, n_W, n_C); w: (f_H, f_W, 1, n_C'), n_C' a multiple of n_C; b: (n_C',) or None.
+    Returns (m, n_H', n_W', n_C').
+    """
+    return forward(x, w, b, plan)
+
+
+def _fwd(x, w, b, plan):
+    return forward(x, w, b, plan), (x, w, b is not None)
+
+
+def backward(plan: Plan, res, dZ):
+    """The transpose of `forward`, tap by tap:
+
+    - dW[i, j, 0] = Σ_{m, h, w} tap_ij(X_pad) ⊙ dZ                        (n_C',)
+    - dX_pad += dZ ⊙ W[i, j, 0] placed back where tap_ij read it: rows i·d_H + h·s_H,
+      columns j·d_W + w·s_W (lax.pad with s − 1 interior zeros); dX = crop of dX_pad,
+      summed over each channel's k filters.
+    - db = Σ_{m, h, w} dZ.
+    """
+    x, w, has_bias = res
+    f_H, f_W, _, n_C_out = w.shape
+    m, _, _, n_C = x.shape
+    k = n_C_out // n_C
+    s, d = plan.stride, plan.dilation
+    acc = acc_dtype(x.dtype)
+    x_pad = _per_filter(pad_input(x, plan.pads), k)
+    n_H_pad, n_W_pad = x_pad.shape[1:3]
+    n_out = dZ.shape[1:3]
+    dZa = dZ.astype(acc)
+    dW, dX_pad = [], None
+    zero = jnp.zeros((), acc)
+    for i in range(f_H):
+        for j in range(f_W):
+            dW.append(jnp.sum(_tap(x_pad, i, j, n_out, s, d).astype(acc) * dZa, axis=(0, 1, 2)))  # (n_C',)
+            top, left = i * d[0], j * d[1]
+            span = ((n_out[0] - 1) * s[0] + 1, (n_out[1] - 1) * s[1] + 1)
+            placed = lax.pad(
+                dZa * w[i, j, 0].astype(acc),
+                zero,
+                ((0, 0, 0), (top, n_H_pad - top - span[0], s[0] - 1), (left, n_W_pad - left - span[1], s[1] - 1), (0, 0, 0)),
+            )  # (m, n_H_pad, n_W_pad, n_C')
+            dX_pad = placed if dX_pad is None else dX_pad + placed
+    if k > 1:
+        dX_pad = dX_pad.reshape(m, n_H_pad, n_W_pad, n_C, k).sum(-1)
+    dX = crop(dX_pad, plan.pads, x.shape).astype(x.dtype)
+    dW = jnp.stack(dW).reshape(w.shape).astype(w.dtype)
+    db = dZ.sum(axis=(0, 1, 2), dtype=acc).astype(dZ.dtype) if has_bias else None
+    return dX, dW, db
+
+
+conv.defvjp(_fwd, backward)
