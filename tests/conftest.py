@@ -21,6 +21,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):  # before any backend starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="jaxconv-test-cache-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
