@@ -249,12 +249,24 @@ def save_checkpoint(path, *, params, opt_state, step, key, config, metadata=None
         meta["key"] = {"typed": False, "impl": None}
     entries[_META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
 
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, lambda f: np.savez(f, **entries))
+    return path
+
+
+def write_atomic(path, write, mode: str = "wb") -> str:
+    """Write a file so that a reader (or a crash) sees the old file or the new one, never a mix.
+
+    `write(f)` fills an open temporary file `.{name}.XXXX.tmp` beside `path` (mode "wb" or "w");
+    it is fsynced, given the usual permissions and renamed over `path`, then the folder is
+    fsynced. On any error the temporary is removed and the error raised. Checkpoints, the
+    metrics and config files of `jaxconv train`, and safetensors exports all go through here.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **entries)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

@@ -28,13 +28,14 @@ atomically (temporary file, fsync, rename).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxconv.checkpoint import write_atomic
 
 __all__ = [
     "CONVERSIONS",
@@ -505,20 +506,7 @@ def save_safetensors(path, params, rows: NameMap | None = None, *, state=None, n
     else:
         tensors, metadata = to_torch(params, rows, state, num_batches_tracked=num_batches_tracked), {"format": "pt", "names": "pytorch"}
     data = st.save(tensors, metadata=metadata)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(os.fspath(path), lambda f: f.write(data))
 
 
 def load_safetensors(path, params_like=None, rows: NameMap | None = None):

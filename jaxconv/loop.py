@@ -37,7 +37,6 @@ import inspect
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -246,22 +245,8 @@ def _evaluate_ensemble(apply, params, x, y, batch_size, state=None, eval_step=No
 
 
 def _write_atomic(path: str, text: str) -> None:
-    """Write text to path through a temporary file, fsync and rename: a reader sees the old or the new file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write text to path atomically (`checkpoint.write_atomic`): a reader sees the old or the new file."""
+    checkpoint.write_atomic(path, lambda f: f.write(text), mode="w")
 
 
 def _write_metrics(path: str, history: list) -> None:

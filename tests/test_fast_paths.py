@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxconv import conv, pool
 from jaxconv import reference as ref
-from jaxconv._platform import cpu_devices
+from jaxconv.devices import cpu_devices
 from jaxconv.conv import Plan, conv2d, conv_geometry, rows, taps
 from jaxconv.pool import max_pool
 
