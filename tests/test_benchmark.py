@@ -54,6 +54,7 @@ def test_chunked_step_equals_the_default_step():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # ~13 s: the whole script; its contenders' steps run in the default tier above
 def test_benchmark_quick(tmp_path):
     stdout = _run("benchmark.py", tmp_path, "--no-peers", "--devices", "2", "--chunk", "8")
     assert "Machine: " in stdout and "cores" in stdout
@@ -78,6 +79,7 @@ def test_benchmark_quick(tmp_path):
     assert csv_lines[0].startswith("name,batch,images_per_s") and len(csv_lines) == len(names) + 1
 
 
+@pytest.mark.slow  # ~12 s: the whole script; every algorithm it times is checked against lax in test_conv_algorithms
 def test_bench_conv_quick(tmp_path):
     stdout = _run("bench_conv.py", tmp_path, "--no-torch")
     data = json.loads((tmp_path / "bench_conv.json").read_text())

@@ -200,6 +200,7 @@ def test_unknown_dtypes_name_the_choices(make, error, match):
         make()
 
 
+@pytest.mark.slow  # ~5 s subprocess: the loop's dtype plumbing; the bfloat16 step itself is checked above
 def test_cli_train_bfloat16_end_to_end(tmp_path):
     """`jaxconv train --dtype bfloat16` in a fresh interpreter (float32 by default, as users run it)."""
     out = tmp_path / "bf16"

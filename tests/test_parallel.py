@@ -377,6 +377,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # ~6 s, two subprocesses: jax.distributed; the in-process multi-device tests stay in the default tier
 def test_two_processes_match_one_process(four_devices, tmp_path):
     out, _ = four_devices
     coordinator = f"127.0.0.1:{_free_port()}"

@@ -260,6 +260,7 @@ def test_cli_bad_values_exit_2_without_traceback(tmp_path, args, message):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow  # ~6 s subprocess: the sharded step itself is checked in test_parallel
 def test_cli_cpu_devices_splits_each_batch(tmp_path):
     out = tmp_path / "two"
     run = _jaxconv("train", "--cpu-devices", "2", "--limit", "64", "--epochs", "1", "--batch-size", "32",
