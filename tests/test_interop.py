@@ -109,7 +109,7 @@ def test_generic_mapping_sequential_names(lenet):
 
 
 def test_torch_round_trip_bit_identical_and_logits_agree_both_ways(lenet):
-    import torch
+    torch = pytest.importorskip("torch")
 
     torch_lenet5, torch_logits = _torch_lenet()
     model, apply, rows = lenet
@@ -132,7 +132,7 @@ def test_torch_round_trip_bit_identical_and_logits_agree_both_ways(lenet):
 
 
 def test_safetensors_with_torch_names_loads_into_torch_module(lenet, tmp_path):
-    import torch
+    torch = pytest.importorskip("torch")
 
     st_torch = pytest.importorskip("safetensors.torch")
     torch_lenet5, torch_logits = _torch_lenet()
