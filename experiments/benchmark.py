@@ -268,8 +268,30 @@ def equinox_step(x, y):
     return _runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), x_chw, y)
 
 
-def torch_step(x, y):
+def _torch_runner(model, x, y):
+    """run(n): n PyTorch Adam steps (lr 1e-3, softmax cross-entropy) of `model` on the NHWC batch (x, y)."""
     import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    try:  # fused Adam on CPU where this torch has it, else the multi-tensor (foreach) one
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3, foreach=True)
+    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+
+    def run(n):
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xt), yt).backward()
+            optimizer.step()
+
+    run.model = model  # for tests
+    return run
+
+
+def torch_step(x, y):
     import torch
     import torch.nn.functional as F
 
@@ -286,22 +308,7 @@ def torch_step(x, y):
             h = F.max_pool2d(F.relu(self.c2(h)), 2).flatten(1)
             return self.f5(F.relu(self.f4(F.relu(self.f3(h)))))
 
-    model = LeNet()
-    try:  # fused Adam on CPU where this torch has it, else the multi-tensor (foreach) one
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3, foreach=True)
-    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
-
-    def run(n):
-        for _ in range(n):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xt), yt).backward()
-            optimizer.step()
-
-    run.model = model  # for tests
-    return run
+    return _torch_runner(LeNet(), x, y)
 
 
 # ---------------------------------------------------------------------------
@@ -447,7 +454,6 @@ def plain_jax_resnet_step(x, y, conv_impl=None):
 
 def torch_resnet_step(x, y):
     """The same ResNet-20 in PyTorch eager (option-B projections, BatchNorm momentum 0.1), fused Adam."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -480,22 +486,7 @@ def torch_resnet_step(x, y):
             h = self.blocks(F.relu(self.bn1(self.conv1(h))))
             return self.fc(h.mean((2, 3)))
 
-    model = ResNet20().train()
-    try:
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3, foreach=True)
-    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
-
-    def run(n):
-        for _ in range(n):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xt), yt).backward()
-            optimizer.step()
-
-    run.model = model
-    return run
+    return _torch_runner(ResNet20().train(), x, y)
 
 
 def resnet_contenders(batch, args, n_devices):
