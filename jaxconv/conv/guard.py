@@ -44,29 +44,33 @@ def _finite_batched(axis_size, in_batched, total):
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def guarded(x, w, b, fast, plan: Plan):
     """fast(x, w, b, plan) when x and w are finite, else im2col: (m, n_H, n_W, n_C) -> (m, n_H', n_W', n_C')."""
-    return _forward(x, w, b, fast, plan)
+    return _forward(x, w, b, fast, plan, all_finite(x, w))
 
 
 def _im2col_plan(plan):
     return plan._replace(block=None)
 
 
-def _forward(x, w, b, fast, plan):
-    return lax.cond(all_finite(x, w), lambda: fast(x, w, b, plan), lambda: im2col.conv(x, w, b, _im2col_plan(plan)))
+def _forward(x, w, b, fast, plan, finite):
+    return lax.cond(finite, lambda: fast(x, w, b, plan), lambda: im2col.conv(x, w, b, _im2col_plan(plan)))
 
 
 def _fwd(x, w, b, fast, plan):
-    return _forward(x, w, b, fast, plan), (x, w, b)
+    finite = all_finite(x, w)
+    return _forward(x, w, b, fast, plan, finite), (x, w, b, finite)
 
 
 def _bwd(fast, plan, res, dZ):
-    """The backward of the algorithm the inputs allow: fast's when x, w and dZ are finite, else im2col's."""
-    x, w, b = res
+    """The backward of the algorithm the inputs allow: fast's when x, w and dZ are finite, else im2col's.
+
+    x and w were checked by the forward (its answer is a residual): only dZ is summed here.
+    """
+    x, w, b, finite = res
 
     def vjp(conv, plan):  # the forward's value is unused, and XLA drops it
         return lambda: jax.vjp(lambda x, w, b: conv(x, w, b, plan), x, w, b)[1](dZ)
 
-    return lax.cond(all_finite(x, w, dZ), vjp(fast, plan), vjp(im2col.conv, _im2col_plan(plan)))
+    return lax.cond(finite & all_finite(dZ), vjp(fast, plan), vjp(im2col.conv, _im2col_plan(plan)))
 
 
 guarded.defvjp(_fwd, _bwd)
