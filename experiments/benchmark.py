@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 # One CPU device per core, before JAX starts (for the sharded contender).
-from jaxconv.devices import cpu_devices
+from jaxconv.devices import cpu_devices, reuse_host_memory
 
 FLOPS_PER_IMAGE = None  # filled by lenet5_flops() or resnet20_flops()
 MODEL_CHANNELS = {"lenet5": 1, "resnet20": 3}
@@ -63,7 +63,7 @@ def lenet5_flops() -> int:
     return forward + backward  # 2,263,920
 
 
-def machine_line(torch_version: str | None) -> str:
+def machine_line(torch_version: str | None, malloc: str = "") -> str:
     import jax
 
     model = platform.processor() or "unknown CPU"
@@ -81,7 +81,7 @@ def machine_line(torch_version: str | None) -> str:
         f"jax {jax.__version__}",
         f"torch {torch_version}" if torch_version else "torch not installed",
         f"python {platform.python_version()}",
-    ]
+    ] + ([f"malloc {malloc}"] if malloc else [])
     return " | ".join(parts)
 
 
@@ -607,8 +607,12 @@ def main(argv=None):
     parser.add_argument("--chunk", type=_common.positive_int, default=128, help="images per chunk for the chunked-gradient contender (batches above it)")
     parser.add_argument("--no-peers", action="store_true", help="skip Flax, Equinox and PyTorch")
     parser.add_argument("--quick", action="store_true", help="tiny run for tests: batch 16, 2 rounds of 2 steps")
+    parser.add_argument("--malloc", choices=("reuse", "system"), default="reuse",
+                        help="reuse: jaxconv.devices.reuse_host_memory() for every contender in the process, as `jaxconv train` "
+                             "does (default); system: glibc's own thresholds")
     parser.add_argument("--out", default="results/benchmark", help="folder for benchmark.csv and benchmark.json")
     args = parser.parse_args(argv)
+    malloc = "reuse (mallopt)" if args.malloc == "reuse" and reuse_host_memory() else "system"
     if args.batch_sizes is None:
         args.batch_sizes = [128] if args.model == "resnet20" else [128, 512]
     if args.quick:
@@ -623,7 +627,7 @@ def main(argv=None):
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
-    machine = machine_line(torch_version)
+    machine = machine_line(torch_version, malloc)
     print(machine, flush=True)
     peak = matmul_peak(512 if args.quick else 2048, 3 if args.quick else 5)
     rows = []

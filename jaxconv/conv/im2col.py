@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input
+from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input, place
 
 
 def views(x_pad, f, s, d, n_out):
@@ -121,7 +121,7 @@ def input_grad(dZ, w, plan: Plan, x_pad_shape, x_shape):
     for k in range(K):
         i, j = divmod(k, f_W)
         dP_tap = dP[..., k * n_C : (k + 1) * n_C]  # (m, n_H', n_W', n_C)
-        dX_pad = dX_pad.at[:, i * d_H : i * d_H + s_H * (n_H_out - 1) + 1 : s_H, j * d_W : j * d_W + s_W * (n_W_out - 1) + 1 : s_W, :].add(dP_tap)
+        dX_pad = dX_pad + place(dP_tap, at=(i * d_H, j * d_W), step=(s_H, s_W), shape=x_pad_shape)
     return crop(dX_pad, plan.pads, x_shape).astype(dZ.dtype)  # dX = dX_pad without the padding
 
 

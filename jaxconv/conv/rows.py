@@ -15,9 +15,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, pad_input, padded_size
+from jaxconv.conv.geometry import Plan, acc_dtype, crop, pad_input, padded_size, place
 from jaxconv.conv.policy import TUNED
 
 
@@ -140,12 +139,10 @@ def backward(plan: Plan, res, dZ):
         ],
         axis=4,
     )  # (m, n_H', n_blk, f_H, n_in, n_C)
-    zero = jnp.zeros((), acc)
     dX_pad = None
     for i in range(f_H):  # X_pad[h + i, k·B + a] was copied into R[(h, k), (i, a)]: add it back there
         for k in range(n_blk):
-            config = [(0, 0, 0), (i, f_H - 1 - i, 0), (k * B, n_W_ext - k * B - n_in, 0), (0, 0, 0)]
-            tap = lax.pad(dR[:, :, k, i], zero, config)  # (m, n_H_pad, n_W_ext, n_C)
+            tap = place(dR[:, :, k, i], at=(i, k * B), step=(1, 1), shape=x_pad.shape[:3] + (n_C,))  # (m, n_H_pad, n_W_ext, n_C)
             dX_pad = tap if dX_pad is None else dX_pad + tap
     return crop(dX_pad, pads, x_shape).astype(dtype), dW.astype(dtype), db
 
