@@ -200,6 +200,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.rounds, args.steps, args.warmup = 2, 2, 1, 1
+    from jaxconv.devices import reuse_host_memory
+
+    reuse_host_memory()  # as `jaxconv train` does, for every contender in the process
     rows = measure(args)
     table = format_table(rows)
     print(table)

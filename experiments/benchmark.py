@@ -353,9 +353,14 @@ def _stateful_runner(step, params, opt_state, state, x, y):
     return run
 
 
-def jaxconv_resnet_step(x, y, impl="auto"):
-    """jaxconv's ResNet-20 step: models.resnet20(impl=impl), make_train_step with BatchNorm state (train mode)."""
+def jaxconv_resnet_step(x, y, impl="auto", sharded=False):
+    """jaxconv's ResNet-20 step: models.resnet20(impl=impl), make_train_step with BatchNorm state (train mode).
+
+    sharded: the batch split over all CPU devices (`make_parallel_train_step(stateful=True)`, what
+    `jaxconv train --model resnet20 --cpu-devices N` runs); BatchNorm's statistics stay the whole batch's.
+    """
     import jax
+    import numpy as np
     import optax
 
     from jaxconv.models import resnet20
@@ -365,12 +370,25 @@ def jaxconv_resnet_step(x, y, impl="auto"):
     _, params = model.init(jax.random.key(0), (-1, 32, 32, 3))
     _, state = model.init_state((-1, 32, 32, 3))
     optimizer = optax.adam(1e-3)
-    train_step = make_train_step(model.apply, optimizer)
+    opt_state = optimizer.init(params)
+    if not sharded:
+        train_step = make_train_step(model.apply, optimizer)
+
+        def step(p, s, x, y, st):
+            return train_step(p, s, x, y, state=st)
+
+        return _stateful_runner(step, params, opt_state, state, x, y)
+    from jaxconv import parallel
+
+    mesh = parallel.data_mesh()
+    parallel_step = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh, stateful=True)
+    key = jax.random.key(0)  # unused by ResNet-20 (no Dropout), required by the stateful signature
 
     def step(p, s, x, y, st):
-        return train_step(p, s, x, y, state=st)
+        return parallel_step(p, s, x, y, st, key)
 
-    return _stateful_runner(step, params, optimizer.init(params), state, x, y)
+    params, opt_state, state = parallel.replicate(mesh, (params, opt_state, state))
+    return _stateful_runner(step, params, opt_state, state, *parallel.shard_batch(mesh, np.asarray(x), np.asarray(y)))
 
 
 def plain_jax_resnet_step(x, y, conv_impl=None):
@@ -499,6 +517,8 @@ def resnet_contenders(batch, args, n_devices):
         ("plain JAX (lax conv)", plain_jax_resnet_step),
         ("plain JAX (jaxconv conv2d)", lambda x, y: plain_jax_resnet_step(x, y, "auto")),
     ]
+    if n_devices > 1 and batch % n_devices == 0:
+        out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_resnet_step(x, y, sharded=True)))
     if not args.no_peers and importlib.util.find_spec("torch"):
         out.append(("PyTorch eager", torch_resnet_step))
     return out
@@ -543,6 +563,8 @@ def measure_batch(batch, args, n_devices, peak):
     y = rng.integers(0, 10, batch).astype(np.int32)
     runs, compile_s = {}, {}
     for name, factory in (resnet_contenders if args.model == "resnet20" else contenders)(batch, args, n_devices):
+        if args.only and not any(part.lower() in name.lower() for part in args.only):
+            continue
         xj, yj = (x, y) if name == "PyTorch eager" else (jax.numpy.asarray(x), jax.numpy.asarray(y))
         run = factory(xj, yj)
         compile_s[name] = _timed(lambda: run(1))  # first step: trace + compile + one step
@@ -606,6 +628,8 @@ def main(argv=None):
     parser.add_argument("--devices", type=_common.positive_int, default=os.cpu_count(), help="CPU devices for the sharded contender (1: none)")
     parser.add_argument("--chunk", type=_common.positive_int, default=128, help="images per chunk for the chunked-gradient contender (batches above it)")
     parser.add_argument("--no-peers", action="store_true", help="skip Flax, Equinox and PyTorch")
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=None,
+                        help="run only the contenders whose name contains one of these (case-insensitive), e.g. --only 'jaxconv default' PyTorch")
     parser.add_argument("--quick", action="store_true", help="tiny run for tests: batch 16, 2 rounds of 2 steps")
     parser.add_argument("--malloc", choices=("reuse", "system"), default="reuse",
                         help="reuse: jaxconv.devices.reuse_host_memory() for every contender in the process, as `jaxconv train` "

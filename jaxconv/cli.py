@@ -57,9 +57,10 @@ def _positive_float(text: str) -> float:
 
 def cmd_train(args) -> int:
     from jaxconv import parallel
-    from jaxconv.devices import cpu_devices
+    from jaxconv.devices import cpu_devices, reuse_host_memory
     from jaxconv.loop import Interrupted, NonFiniteLoss, TrainConfig, fit
 
+    reuse_host_memory()  # each step's temporary buffers reused, not page-faulted in afresh (devices.reuse_host_memory)
     try:  # before anything touches a device
         if args.cpu_devices:
             cpu_devices(args.cpu_devices)  # one CPU device per core: single-threaded XLA loops run side by side

@@ -58,6 +58,7 @@ def test_chunked_step_equals_the_default_step():
 def test_benchmark_quick(tmp_path):
     stdout = _run("benchmark.py", tmp_path, "--no-peers", "--devices", "2", "--chunk", "8")
     assert "Machine: " in stdout and "cores" in stdout
+    assert "| malloc reuse (mallopt)" in stdout or "| malloc system" in stdout  # the allocator setting is part of the machine
     data = json.loads((tmp_path / "benchmark.json").read_text())
     names = [r["name"] for r in data["rows"]]
     for name in ("jaxconv default", "jaxconv impl=lax", "jaxconv impl=hand", "jaxconv impl=hand_autodiff", "plain JAX (lax conv)",
@@ -168,10 +169,10 @@ def test_resnet20_contenders_have_jaxconvs_parameter_count():
 
 @pytest.mark.slow
 def test_benchmark_resnet20_quick(tmp_path):
-    stdout = _run("benchmark.py", tmp_path, "--model", "resnet20", "--no-peers", "--devices", "1")
+    stdout = _run("benchmark.py", tmp_path, "--model", "resnet20", "--no-peers", "--devices", "1", "--only", "DEFAULT", "plain JAX (lax")
     data = json.loads((tmp_path / "benchmark.json").read_text())
     names = [r["name"] for r in data["rows"]]
-    assert names and set(names) == {"jaxconv default", "jaxconv impl=lax", "plain JAX (lax conv)", "plain JAX (jaxconv conv2d)"}
+    assert names and set(names) == {"jaxconv default", "plain JAX (lax conv)"}  # --only: substrings, any case
     assert "ResNet-20 training step" in stdout and data["flops_per_image"] == 243_994_368
     for r in data["rows"]:
         assert r["batch"] == 4 and r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])

@@ -6,6 +6,10 @@ the algorithm choice per layer, the tiled max pool (including the first-max
 tie policy), and the cpu_devices helper's errors.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -14,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxconv import conv, pool
 from jaxconv import reference as ref
-from jaxconv.devices import cpu_devices
+from jaxconv.devices import cpu_devices, reuse_host_memory
 from jaxconv.conv import Plan, conv2d, conv_geometry, rows, taps
 from jaxconv.pool import max_pool
 
@@ -216,6 +220,10 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
         ((1, 8, 8, 128), (3, 3, 128, 128), {"padding": "SAME"}, "lax"),  # 10·10 padded pixels for 8·8 outputs
         ((1, 20, 20, 16), (3, 3, 16, 16), {"padding": "SAME", "dilation": 4}, "lax"),  # 28·28 padded for 20·20 outputs
         ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME", "stride": 2}, "lax"),  # im2col only
+        ((1, 32, 32, 16), (3, 3, 16, 16), {"padding": 1}, "lax"),  # ResNet-20's 16@32: as many filters as channels, < 64
+        ((1, 16, 16, 32), (3, 3, 32, 32), {"padding": 1}, "lax"),  # ... and 32@16
+        ((1, 32, 32, 16), (3, 3, 16, 32), {"padding": 1}, "hand"),  # 16 -> 32 channels: taps
+        ((1, 32, 32, 3), (3, 3, 3, 16), {"padding": 1}, "hand"),  # ResNet-20's first layer: taps
     ]
     for xs, ws, kw, want in cases:
         assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want, (xs, ws, kw)
@@ -294,6 +302,46 @@ def test_cpu_devices_errors():
     assert cpu_devices(have) == have  # the count JAX already has: a no-op
     with pytest.raises(RuntimeError, match=rf"JAX has already started with {have} CPU device\(s\), so it cannot switch to n={have + 1}"):
         cpu_devices(have + 1)
+
+
+_REUSE_SCRIPT = """
+import ctypes, os, resource, sys
+from jaxconv.devices import reuse_host_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+applied = reuse_host_memory() if sys.argv[1] == "reuse" else False
+size = 48 << 20  # a step's temporary buffer: above glibc's largest default mmap threshold (32 MiB)
+faults = []
+for _ in range(3):
+    p = libc.malloc(size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ctypes.memset(p, 1, size)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    libc.free(p)
+print(applied, faults[-1])
+"""
+
+
+@pytest.mark.skipif(not (hasattr(os, "confstr") and "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")), reason="glibc's mallopt")
+def test_reuse_host_memory_stops_the_page_faults_of_a_reallocated_block():
+    """Independent observable: the kernel's minor-fault count while a 48 MiB block, freed and allocated again, is written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    got = {}
+    for mode in ("system", "reuse"):
+        out = subprocess.run([sys.executable, "-c", _REUSE_SCRIPT, mode], capture_output=True, text=True, env=env, check=True)
+        applied, faults = out.stdout.split()
+        got[mode] = (applied, int(faults))
+    pages = (48 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert got["system"] == ("False", got["system"][1]) and got["system"][1] > pages // 2  # mapped afresh each time
+    assert got["reuse"][0] == "True" and got["reuse"][1] < pages // 20  # the same heap block, already faulted in
+    with pytest.raises(ValueError, match=r"reuse_host_memory: `limit` must be an int in \[1, 2\*\*31 - 1\] bytes .*got 0"):
+        reuse_host_memory(0)
+    try:
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = "131072"
+        assert reuse_host_memory() is False  # the environment tunes malloc already: left alone
+    finally:
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
 
 
 def test_taps_under_vmap_matches_lax():

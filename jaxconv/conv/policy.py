@@ -34,6 +34,9 @@ TUNED = {
     "taps_auto_max_taps": 9,
     # ... and at most this many padded pixels per output pixel. Row: bench_conv.py --more, 128->128 on 8x8.
     "taps_auto_max_waste": 1.3,
+    # ... and, for layers with as many filters as channels, at least this many channels. Rows: bench_conv.py
+    # --resnet 16@32 (taps 1.44-1.69x lax) and 32@16 (1.01-2.12x), --more wide3x3 64@32 (0.66-0.77x).
+    "taps_auto_square_min_channels": 64,
 }
 
 
@@ -116,11 +119,17 @@ def plan(algorithm: str, x_shape, w_shape, geom) -> Plan:
 
 
 def taps_pays(x_shape, w_shape, pads, d) -> bool:
-    """Whether taps beats lax forward+backward on CPU: few taps, little padding (TUNED["taps_auto_*"])."""
-    f = w_shape[:2]
+    """Whether taps beats lax forward+backward on CPU: few taps, little padding, and not a narrow layer with as many
+    filters as channels (TUNED["taps_auto_*"])."""
+    f, (n_C, n_C_out) = w_shape[:2], w_shape[2:]
     n_pad = padded_size(x_shape, pads)
     n_out = out_size(n_pad, f, (1, 1), d)  # the flattened grid's positions that are real outputs
-    return f[0] * f[1] <= TUNED["taps_auto_max_taps"] and n_pad[0] * n_pad[1] <= TUNED["taps_auto_max_waste"] * n_out[0] * n_out[1]
+    narrow_square = n_C == n_C_out and n_C < TUNED["taps_auto_square_min_channels"]  # lax's best case on CPU
+    return (
+        f[0] * f[1] <= TUNED["taps_auto_max_taps"]
+        and n_pad[0] * n_pad[1] <= TUNED["taps_auto_max_waste"] * n_out[0] * n_out[1]
+        and not narrow_square
+    )
 
 
 def lax_grad_aborts(x_shape, w_shape, geom) -> bool:
@@ -146,11 +155,12 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     convolution (cuDNN and friends) is fastest. On CPU, "hand" where its rows
     algorithm applies (narrow layers like LeNet's: 2-6x faster than lax
     forward+backward), its taps algorithm pays (3x3 and 1x1 filters on images
-    larger than about 16x16: 1.2-3.4x faster), the layer is depthwise (groups =
+    larger than about 16x16, but not layers of fewer than 64 channels with as
+    many filters as channels, lax's best case: 1.1-3x faster), the layer is depthwise (groups =
     n_C: 4-9x faster, bench_conv.py --resnet dw rows) or 1x1 with one group
     (pointwise, any stride: 2.3x faster on ResNet-20's stride-2 projections);
     lax elsewhere (strided 3x3 and 5x5, other groups, 5x5 filters on wide
-    layers, small images); experiments/bench_conv.py measures them. Without shapes, "auto" on CPU means "hand". Geometries whose
+    layers, small images, ResNet-20's 16@32 and 32@16 layers); experiments/bench_conv.py measures them. Without shapes, "auto" on CPU means "hand". Geometries whose
     lax gradient aborts jaxlib's CPU compiler (`lax_grad_aborts`) get "hand".
     """
     if impl != "auto":
