@@ -57,10 +57,12 @@ def _positive_float(text: str) -> float:
 
 def cmd_train(args) -> int:
     from jaxconv import parallel
-    from jaxconv.devices import cpu_devices, reuse_host_memory
+    from jaxconv.devices import compile_cache, cpu_devices, reuse_host_memory
     from jaxconv.loop import Interrupted, NonFiniteLoss, TrainConfig, fit
 
     reuse_host_memory()  # each step's temporary buffers reused, not page-faulted in afresh (devices.reuse_host_memory)
+    if not args.no_compile_cache:
+        compile_cache()  # a second run of the same job loads its compiled steps from disk
     try:  # before anything touches a device
         if args.cpu_devices:
             cpu_devices(args.cpu_devices)  # one CPU device per core: single-threaded XLA loops run side by side
@@ -179,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every STEPS steps (0: only at the end of each epoch)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (logs only; bars are shown only when stderr is a terminal anyway)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="compile the steps afresh instead of loading them from the on-disk cache "
+                        "($XDG_CACHE_HOME/jaxconv/xla or ~/.cache/jaxconv/xla; JAX_COMPILATION_CACHE_DIR overrides)")
     g = p.add_argument_group("scaling out", "data parallelism over devices and hosts (see README, Scaling out)")
     g.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                    help="split each batch over N devices (default: all devices of all processes); "

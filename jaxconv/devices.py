@@ -17,6 +17,8 @@ variable XLA_FLAGS=--xla_force_host_platform_device_count=N.
 
 `reuse_host_memory()` keeps the host's freed memory for the next step instead of
 handing it back to the kernel (glibc); `jaxconv train` and the experiments call it.
+`compile_cache()` keeps compiled programs on disk for the next process (`jaxconv
+train` turns it on).
 """
 
 from __future__ import annotations
@@ -102,3 +104,29 @@ def reuse_host_memory(limit: int = 2**31 - 1) -> bool:
     del gnu
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(_M_MMAP_THRESHOLD, limit) == 1 and mallopt(_M_TRIM_THRESHOLD, limit) == 1
+
+
+def compile_cache(path: str | None = None, min_compile_s: float = 0.2) -> str | None:
+    """Keep compiled XLA programs on disk, so the next process with the same step loads instead of compiling it.
+
+    JAX's persistent compilation cache, in `path` (default
+    $XDG_CACHE_HOME/jaxconv/xla, else ~/.cache/jaxconv/xla), for programs that
+    took at least `min_compile_s` to compile. A cache the user configured already
+    (JAX_COMPILATION_CACHE_DIR, or jax_compilation_cache_dir) is kept as it is.
+    `jaxconv train` calls this unless given --no-compile-cache: a second run of
+    the same job skips the compilation of its train and eval steps (README,
+    Speed: the main job end to end). Returns the directory in use, or None when
+    it cannot be created (the run then compiles as usual).
+    """
+    configured = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
+    if configured:
+        return configured
+    if path is None:
+        path = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "jaxconv", "xla")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
+    return path

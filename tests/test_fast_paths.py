@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxconv import conv, pool
 from jaxconv import reference as ref
-from jaxconv.devices import cpu_devices, reuse_host_memory
+from jaxconv.devices import compile_cache, cpu_devices, reuse_host_memory
 from jaxconv.conv import Plan, conv2d, conv_geometry, rows, taps
 from jaxconv.pool import max_pool
 
@@ -342,6 +342,24 @@ def test_reuse_host_memory_stops_the_page_faults_of_a_reallocated_block():
         assert reuse_host_memory() is False  # the environment tunes malloc already: left alone
     finally:
         del os.environ["MALLOC_TRIM_THRESHOLD_"]
+
+
+def test_compile_cache_defaults_to_the_user_cache_and_keeps_a_configured_one(tmp_path, monkeypatch):
+    configured, min_s = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere/else")
+    assert compile_cache() == "/somewhere/else"  # the user's choice is kept
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert compile_cache() == str(tmp_path / "jaxconv" / "xla") == jax.config.jax_compilation_cache_dir
+        assert os.path.isdir(tmp_path / "jaxconv" / "xla")
+        jax.config.update("jax_compilation_cache_dir", None)
+        (tmp_path / "file").write_text("")
+        assert compile_cache(str(tmp_path / "file" / "xla")) is None and jax.config.jax_compilation_cache_dir is None  # cannot create it
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_s)
 
 
 def test_taps_under_vmap_matches_lax():

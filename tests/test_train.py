@@ -231,11 +231,19 @@ def _jaxconv(*args, cwd, timeout=240):
                           timeout=timeout)
 
 
+def _jaxconv_env(*args, cwd, env, timeout=240):
+    return subprocess.run([sys.executable, "-m", "jaxconv.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
 def test_cli_train_end_to_end(tmp_path):
     out = tmp_path / "cli"
-    run = _jaxconv("train", "--limit", "96", "--epochs", "1", "--batch-size", "32", "--ensemble", "2",
-                   "--impl", "lax", "--no-progress", "--out", str(out), cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # the CLI's own cache, not the suite's
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    run = _jaxconv_env("train", "--limit", "96", "--epochs", "1", "--batch-size", "32", "--ensemble", "2",
+                       "--impl", "lax", "--no-progress", "--out", str(out), cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
+    assert os.listdir(tmp_path / "cache" / "jaxconv" / "xla")  # compiled steps kept for the next run
     assert "epoch   1/1" in run.stdout and "members" in run.stdout
     assert "best test accuracy" in run.stdout
     assert {"config.json", "metrics.jsonl", "checkpoint.npz"} <= set(os.listdir(out))

@@ -6,8 +6,9 @@ later drops but shift-adds past them; both would mark outputs whose window
 never saw the bad pixel. im2col's patches hold only window pixels, so it gives
 the direct sum's (and lax's) NaN/Inf pattern. `guarded` runs the fast algorithm
 when its inputs are finite and im2col otherwise, forward (x, w) and backward
-(x, w, dZ), with `lax.cond`; the im2col branch runs one image at a time
-(`exact`, `exact_grads`) so that it adds little to the compiled step's memory. Under `vmap` (per-example gradients, ensembles) the
+(x, w, dZ), with `lax.cond`; the im2col branch runs over strided chunks of at
+most 16 examples (`exact`, `exact_grads`), so that it adds little to the
+compiled step's memory and moves no data between the devices of a sharded batch. Under `vmap` (per-example gradients, ensembles) the
 check is taken over the whole batch (`_finite`'s batching rule), so the cond stays a
 cond instead of a select that would run both algorithms: one non-finite example
 sends the whole batch to im2col, which is exact for the finite ones too.
@@ -15,6 +16,7 @@ sends the whole batch to im2col, which is exact for the finite ones too.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -24,6 +26,7 @@ from jax.custom_batching import custom_vmap
 
 from jaxconv.conv import im2col
 from jaxconv.conv.geometry import Plan, acc_dtype, pad_input
+from jaxconv.conv.shard import same_varying_axes
 
 
 def all_finite(*arrays):
@@ -42,35 +45,49 @@ def _finite_batched(axis_size, in_batched, total):
     return jnp.all(jnp.isfinite(total)), False  # one answer for the whole batch: the cond stays a cond
 
 
-def _one_image(plan):
-    return plan._replace(block=None)
+def _chunks(a, K):
+    """(m, ...) -> (m/K, K, ...), chunk j holding examples j, j + m/K, j + 2m/K, ...: strided, so that with the
+    batch split over devices in contiguous blocks every chunk holds examples of every device and stays put."""
+    return jnp.swapaxes(a.reshape(K, a.shape[0] // K, *a.shape[1:]), 0, 1)
+
+
+def _unchunk(a):
+    return jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:])
+
+
+def _chunk_size(m):
+    return math.gcd(m, 16) or 1  # a power of two: a whole number of examples per device on 1, 2, 4, 8 or 16 devices
 
 
 def exact(x, w, b, plan: Plan):
-    """im2col, one image at a time (`lax.map`): the forward that non-finite inputs take.
+    """im2col over strided chunks of at most 16 examples (`lax.map`): the forward that non-finite inputs take.
 
-    One image at a time keeps this branch's working memory to one image's
-    patches. Finite inputs never run it, but XLA sizes the step's temporary
-    buffer for both branches of a cond; a whole-batch im2col there (LeNet-5 at
-    batch 512) pushed that buffer past glibc's mmap threshold, and every step
-    then page-faulted it in afresh (4,454 faults, 1.28x the unguarded step's time).
+    Chunks keep this branch's working memory to a few images' patches. Finite
+    inputs never run it, but XLA sizes the step's temporary buffer for both
+    branches of a cond; a whole-batch im2col there (LeNet-5 at batch 512) pushed
+    that buffer past glibc's mmap threshold, and every step then page-faulted it
+    in afresh (4,454 faults, 1.28x the unguarded step's time).
     """
-    plan = _one_image(plan)
-    return lax.map(lambda x_i: im2col.forward(x_i[None], w, b, plan)[0][0], x)
+    plan = plan._replace(block=None)
+    z = lax.map(lambda x_c: im2col.forward(x_c, w, b, plan)[0], _chunks(x, _chunk_size(x.shape[0])))
+    return _unchunk(z)
 
 
 def exact_grads(x, w, dZ, plan: Plan):
-    """(dX, dW) of im2col's hand-derived backward, one image at a time, dW summed over them: the backward non-finite inputs take."""
-    plan = _one_image(plan)
+    """(dX, dW) of im2col's hand-derived backward over the chunks of `exact`, dW summed over them: the backward
+    non-finite inputs take."""
+    plan = plan._replace(block=None)
 
-    def one(dW, x_dZ):
-        x_i, dZ_i = x_dZ[0][None], x_dZ[1][None]  # (1, n_H, n_W, n_C), (1, n_H', n_W', n_C')
-        x_pad = pad_input(x_i, plan.pads)
-        dX_i = im2col.input_grad(dZ_i, w, plan, x_pad.shape, x_i.shape)
-        return dW + im2col.weight_grad(x_pad, dZ_i, w.shape, plan).astype(dW.dtype), dX_i[0]
+    def chunk(dW, x_dZ):
+        x_c, dZ_c = x_dZ  # (K, n_H, n_W, n_C), (K, n_H', n_W', n_C')
+        x_pad = pad_input(x_c, plan.pads)
+        dX_c = im2col.input_grad(dZ_c, w, plan, x_pad.shape, x_c.shape)
+        return dW + im2col.weight_grad(x_pad, dZ_c, w.shape, plan).astype(dW.dtype), dX_c
 
-    dW, dX = lax.scan(one, jnp.zeros(w.shape, acc_dtype(w.dtype)), (x, dZ))
-    return dX, dW.astype(w.dtype)
+    K = _chunk_size(x.shape[0])
+    zero = same_varying_axes(jnp.zeros(w.shape, acc_dtype(w.dtype)), w)[0]  # under shard_map, typed as varying as w
+    dW, dX = lax.scan(chunk, zero, (_chunks(x, K), _chunks(dZ, K)))
+    return _unchunk(dX), dW.astype(w.dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
