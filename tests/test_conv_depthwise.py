@@ -124,7 +124,7 @@ def test_mobilenet_block_auto_equals_lax():
             y, new_state = block.apply(params, x, state=state, train=True)
             return jnp.sum(jnp.sin(y)), (y, new_state)
 
-        (value, (y, new_state)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x)
+        (value, (y, new_state)), grads = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(params, x)  # one compile, not one per op
         outs.append((value, y, new_state, grads))
     assert outs[0][1].shape == (2, 4, 4, 6)
     for a, r in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):

@@ -177,11 +177,11 @@ def test_state_works_under_jit_grad_and_vmap():
     def J(p):
         return net.apply(p, x, state=state, key=KEY, train=True)[0].sum()
 
-    g = jax.grad(J)(params)
+    g = jax.jit(jax.grad(J))(params)  # compiled: one compile instead of one per op
     assert np.abs(np.asarray(g["conv"]["w"])).sum() > 0
     # vmap over examples in eval mode equals the batched eval
     y_eval = net.apply(params, x, state=new_state)[0]
-    y_each = jax.vmap(lambda xi: net.apply(params, xi, state=new_state)[0])(x)
+    y_each = jax.jit(jax.vmap(lambda xi: net.apply(params, xi, state=new_state)[0]))(x)
     np.testing.assert_allclose(y_each, y_eval, rtol=1e-10)
 
 
