@@ -104,10 +104,10 @@ def test_hand_algorithms_match_numpy_and_lax(x_shape, w_shape, kw):
     np.testing.assert_allclose(z_lax, ref, **TOL)
     # A nonlinear loss so that dZ varies per output.
     loss_lax = lambda x, w, b: jnp.sum(jnp.sin(conv2d(x, w, b, impl="lax", **kw)))
-    g_lax = jax.grad(loss_lax, (0, 1, 2))(x, w, b)
+    g_lax = jax.jit(jax.grad(loss_lax, (0, 1, 2)))(x, w, b)  # compiled: one program, not one per op
     for name, fn in algos.items():
-        np.testing.assert_allclose(fn(x, w, b), ref, **TOL, err_msg=name)
-        g = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b))), (0, 1, 2))(x, w, b)
+        np.testing.assert_allclose(jax.jit(fn)(x, w, b), ref, **TOL, err_msg=name)
+        g = jax.jit(jax.grad(lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b))), (0, 1, 2)))(x, w, b)
         for got, want, arg in zip(g, g_lax, "xwb"):
             np.testing.assert_allclose(got, want, **TOL, err_msg=f"{name} d{arg}")
 
@@ -121,7 +121,7 @@ def test_fast_algorithm_gradients_against_finite_differences(x_shape, w_shape, k
     pads, s, d, groups = geom
     x, w, b = _data(x_shape, w_shape, seed=1)
     loss = lambda x, w, b: float(np.sum(np.sin(conv_reference(x, w, b, pads, s, d, groups))))
-    grads = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(algos[algorithm](x, w, b))), (0, 1, 2))(x, w, b)
+    grads = jax.jit(jax.grad(lambda x, w, b: jnp.sum(jnp.sin(algos[algorithm](x, w, b))), (0, 1, 2)))(x, w, b)
     for index in range(3):
         numeric, directions = directional_fd(loss, (np.asarray(x), np.asarray(w), np.asarray(b)), index)
         analytic = [float(np.sum(np.asarray(grads[index]) * u)) for u in directions]
@@ -143,10 +143,10 @@ def test_block_banded_rows_match_numpy_lax_and_finite_differences(x_shape, w_sha
     pads = conv_geometry(x_shape, w_shape, **kw)[0]
     x, w, b = _data(x_shape, w_shape, seed=5)
     blocked = lambda x, w, b: rows.conv(x, w, b, Plan(pads, block=B))
-    np.testing.assert_allclose(blocked(x, w, b), conv_reference(x, w, b, pads), **TOL)
+    np.testing.assert_allclose(jax.jit(blocked)(x, w, b), conv_reference(x, w, b, pads), **TOL)
     loss = lambda fn: (lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b))))
-    g = jax.grad(loss(blocked), (0, 1, 2))(x, w, b)
-    g_lax = jax.grad(loss(lambda x, w, b: conv2d(x, w, b, impl="lax", **kw)), (0, 1, 2))(x, w, b)
+    g = jax.jit(jax.grad(loss(blocked), (0, 1, 2)))(x, w, b)
+    g_lax = jax.jit(jax.grad(loss(lambda x, w, b: conv2d(x, w, b, impl="lax", **kw)), (0, 1, 2)))(x, w, b)
     for got, want, arg in zip(g, g_lax, "xwb"):
         np.testing.assert_allclose(got, want, **TOL, err_msg=f"B={B} d{arg}")
     loss_np = lambda x, w, b: float(np.sum(np.sin(conv_reference(x, w, b, pads))))
@@ -372,7 +372,7 @@ def test_taps_under_vmap_matches_lax():
     taps = lambda w, x: conv.taps.conv(x, w, b, Plan(pads, block=1))  # one image per chunk: the scan path
     lax_conv = lambda w, x: conv2d(x, w, b, impl="lax", **kw)
     loss = lambda fn: (lambda w, x: jnp.sum(jnp.sin(fn(w, x))))
-    ensemble = lambda fn: jax.vmap(jax.grad(loss(fn)), in_axes=(0, None))(ws, x)
+    ensemble = lambda fn: jax.jit(jax.vmap(jax.grad(loss(fn)), in_axes=(0, None)))(ws, x)
     np.testing.assert_allclose(ensemble(taps), ensemble(lax_conv), **TOL)
     per_example = lambda fn: jax.vmap(jax.grad(loss(fn)), in_axes=(None, 0))(ws[0], x[:, None])
     np.testing.assert_allclose(per_example(taps), per_example(lax_conv), **TOL)
