@@ -53,12 +53,12 @@ def test_step_metrics_are_the_cost_and_accuracy_before_the_update(batch, lenet):
     optimizer = optax.sgd(0.1)
     step = make_train_step(net.apply, optimizer, donate=False)
     new_params, _, metrics = step(params, optimizer.init(params), x, y)
-    logits = net.apply(params, x)
+    logits = jax.jit(net.apply)(params, x)
     expected_J = float(np.mean(-np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), y[:, None], 1)))
     np.testing.assert_allclose(float(metrics["loss"]), expected_J, rtol=1e-5)
     assert float(metrics["accuracy"]) == pytest.approx(float((np.asarray(logits).argmax(1) == y).mean()))
     # and the update is plain SGD on jax.grad of J: params - 0.1 * grad
-    grads = jax.grad(lambda p: make_cost(net.apply)(p, x, y)[0])(params)
+    grads = jax.jit(jax.grad(lambda p: make_cost(net.apply)(p, x, y)[0]))(params)
     np.testing.assert_allclose(new_params["fc5"]["w"], params["fc5"]["w"] - 0.1 * grads["fc5"]["w"], rtol=1e-5, atol=1e-6)
 
 
@@ -91,11 +91,11 @@ def test_per_example_grads_average_to_the_batch_gradient(batch, lenet):
     x, y = batch
     per_example = per_example_grads(net.apply, jc.softmax_cross_entropy, params, x[:4], y[:4])
     assert per_example["conv1"]["w"].shape == (4, 5, 5, 1, 6)
-    full = jax.grad(lambda p: make_cost(net.apply)(p, x[:4], y[:4])[0])(params)
+    full = jax.jit(jax.grad(lambda p: make_cost(net.apply)(p, x[:4], y[:4])[0]))(params)  # compiled, not op by op
     for g_i, g in zip(jax.tree_util.tree_leaves(per_example), jax.tree_util.tree_leaves(full)):
         np.testing.assert_allclose(g_i.mean(0), g, rtol=1e-4, atol=1e-6)
     # example 0's gradient alone is the gradient of its own loss
-    alone = jax.grad(lambda p: make_cost(net.apply)(p, x[:1], y[:1])[0])(params)
+    alone = jax.jit(jax.grad(lambda p: make_cost(net.apply)(p, x[:1], y[:1])[0]))(params)
     np.testing.assert_allclose(per_example["fc3"]["w"][0], alone["fc3"]["w"], rtol=1e-4, atol=1e-6)
 
 

@@ -8,10 +8,11 @@ the direct sum's (and lax's) NaN/Inf pattern. `guarded` runs the fast algorithm
 when its inputs are finite and im2col otherwise, forward (x, w) and backward
 (x, w, dZ), with `lax.cond`; the im2col branch runs over strided chunks of at
 most 16 examples (`exact`, `exact_grads`), so that it adds little to the
-compiled step's memory and moves no data between the devices of a sharded batch. Under `vmap` (per-example gradients, ensembles) the
-check is taken over the whole batch (`_finite`'s batching rule), so the cond stays a
-cond instead of a select that would run both algorithms: one non-finite example
-sends the whole batch to im2col, which is exact for the finite ones too.
+compiled step's memory and moves no data between the devices of a sharded
+batch. Under `vmap` (per-example gradients, ensembles) the check is taken over
+the whole batch (`_finite`'s batching rule), so the cond stays a cond instead
+of a select that would run both algorithms: one non-finite example sends the
+whole batch to im2col, which is exact for the finite ones too.
 """
 
 from __future__ import annotations
