@@ -117,6 +117,28 @@ def test_every_algorithm_gives_lax_nan_and_inf_pattern(where):
             assert np.array_equal(inf_g, inf_w), (impl, algorithm, name, "Inf", inf_g.sum(), inf_w.sum())
 
 
+@pytest.mark.parametrize("m", [24, 6])  # chunks of gcd(m, 16) = 8 and 2 examples
+def test_the_exact_branch_keeps_every_example_in_its_place(m):
+    """A batch with one non-finite example runs the guard's im2col branch over strided chunks: every example's
+    output and gradient must come back in its own place, equal to lax's in value and NaN pattern (float64)."""
+    x, w, b = _data(4, (m, 7, 7, 2), (3, 3, 2, 3))
+    x = x.at[m // 2, 3, 4, 1].set(jnp.nan)
+    g = jax.random.normal(jax.random.key(5), (m, 5, 5, 3), F64)
+
+    @partial(jax.jit, static_argnums=0)
+    def forward_backward(kw, x, w, b):
+        y, vjp = jax.vjp(lambda x, w, b: conv2d(x, w, b, **dict(kw)), x, w, b)
+        return (y, *vjp(g))
+
+    got = forward_backward((("impl", "hand"), ("algorithm", "rows")), x, w, b)
+    want = forward_backward((("impl", "lax"),), x, w, b)
+    assert np.isnan(np.asarray(got[0][m // 2])).any() and not np.isnan(np.asarray(got[0][m // 2 + 1])).any()
+    for name, a, r in zip(("Z", "dX", "dW", "db"), got, want):
+        a, r = np.asarray(a), np.asarray(r)
+        assert np.array_equal(np.isnan(a), np.isnan(r)), name
+        np.testing.assert_allclose(a[np.isfinite(r)], r[np.isfinite(r)], rtol=1e-10, atol=1e-10, err_msg=name)
+
+
 def test_nan_pixel_reaches_only_its_windows():
     """Hand-computed: a NaN at (10, 12) reaches outputs h in 6..10, w in 8..12 of all 16 filters: 5·5·16 = 400."""
     x, w, g = _nonfinite_inputs("x NaN")
