@@ -35,7 +35,8 @@ TUNED = {
     # ... and at most this many padded pixels per output pixel. Row: bench_conv.py --more, 128->128 on 8x8.
     "taps_auto_max_waste": 1.3,
     # ... and, for layers with as many filters as channels, at least this many channels. Rows: bench_conv.py
-    # --resnet 16@32 (taps 1.44-1.69x lax) and 32@16 (1.01-2.12x), --more wide3x3 64@32 (0.66-0.77x).
+    # --resnet 16@32 (taps 1.38-1.44x lax) and 32@16 (1.01-1.02x; lax also compiles faster), --more wide3x3
+    # 64@32 (0.66-0.77x).
     "taps_auto_square_min_channels": 64,
 }
 
