@@ -219,7 +219,11 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
         ((1, 28, 28, 32), (5, 5, 32, 32), {"padding": "SAME"}, "lax"),  # taps would do 25 tap products per output
         ((1, 8, 8, 128), (3, 3, 128, 128), {"padding": "SAME"}, "lax"),  # 10·10 padded pixels for 8·8 outputs
         ((1, 20, 20, 16), (3, 3, 16, 16), {"padding": "SAME", "dilation": 4}, "lax"),  # 28·28 padded for 20·20 outputs
-        ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME", "stride": 2}, "lax"),  # im2col only
+        ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME", "stride": 2}, "hand"),  # im2col, 147K patch elements
+        ((64, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME", "stride": 2}, "lax"),  # 9.4M: patches outgrow the cache
+        ((128, 32, 32, 16), (3, 3, 16, 32), {"padding": 1, "stride": 2}, "hand"),  # ResNet-20's first strided layer, 4.7M
+        ((2, 28, 28, 32), (5, 5, 32, 32), {"padding": 2, "stride": 2}, "lax"),  # 5x5: lax whatever the size
+        ((8, 16, 16, 8), (3, 3, 4, 8), {"padding": 1, "stride": 2, "groups": 2}, "lax"),  # groups: lax
         ((1, 32, 32, 16), (3, 3, 16, 16), {"padding": 1}, "lax"),  # ResNet-20's 16@32: as many filters as channels, < 64
         ((1, 16, 16, 32), (3, 3, 32, 32), {"padding": 1}, "lax"),  # ... and 32@16
         ((1, 32, 32, 16), (3, 3, 16, 32), {"padding": 1}, "hand"),  # 16 -> 32 channels: taps

@@ -38,6 +38,10 @@ TUNED = {
     # --resnet 16@32 (taps 1.38-1.44x lax) and 32@16 (1.01-1.02x; lax also compiles faster), --more wide3x3
     # 64@32 (0.66-0.77x).
     "taps_auto_square_min_channels": 64,
+    # im2col for a strided layer (one group, no dilation) only while its patch matrix m·n_H'·n_W'·f_H·f_W·n_C has at
+    # most this many elements. Rows: bench_conv.py --resnet strided 3x3 (4.7M and 2.4M: 0.56-0.81x lax), an A/B of
+    # (128,16,16,64)->128 s2 (4.7M: 0.81x), (64,32,32,64)->64 s2 (9.4M: 1.53x), 5x5 (64,28,28,32) s2 (10M: 2.9x).
+    "im2col_auto_max_patch": 5 << 20,
 }
 
 
@@ -133,6 +137,18 @@ def taps_pays(x_shape, w_shape, pads, d) -> bool:
     )
 
 
+def im2col_pays(x_shape, w_shape, geom) -> bool:
+    """Whether im2col beats lax forward+backward on CPU for a strided layer: one group, no dilation, at most
+    TUNED["taps_auto_max_taps"] taps (3x3), and a patch matrix of at most TUNED["im2col_auto_max_patch"] elements
+    (beyond it the patches outgrow the cache)."""
+    pads, s, d, groups = geom
+    f_H, f_W, n_C = w_shape[:3]
+    if s == (1, 1) or d != (1, 1) or groups != 1 or f_H * f_W > TUNED["taps_auto_max_taps"]:
+        return False  # 5x5 and larger: 2.9x lax's time on the one strided 5x5 layer measured
+    n_out = out_size(padded_size(x_shape, pads), (f_H, f_W), s, d)
+    return max(int(x_shape[0]), 1) * n_out[0] * n_out[1] * f_H * f_W * n_C <= TUNED["im2col_auto_max_patch"]
+
+
 def lax_grad_aborts(x_shape, w_shape, geom) -> bool:
     """Whether jaxlib 0.10.2's CPU compiler may abort the process on lax's input gradient of this geometry.
 
@@ -160,8 +176,10 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     many filters as channels, lax's best case: 1.1-3x faster), the layer is depthwise (groups =
     n_C: 4-9x faster, bench_conv.py --resnet dw rows) or 1x1 with one group
     (pointwise, any stride: 2.3x faster on ResNet-20's stride-2 projections);
-    lax elsewhere (strided 3x3 and 5x5, other groups, 5x5 filters on wide
-    layers, small images, ResNet-20's 16@32 and 32@16 layers); experiments/bench_conv.py measures them. Without shapes, "auto" on CPU means "hand". Geometries whose
+    im2col on strided layers whose patch matrix stays small (ResNet-20's strided
+    3x3 layers at batch 128: 1.2-1.8x faster, `im2col_pays`); lax elsewhere
+    (larger strided layers, other groups, 5x5 filters on wide layers, small
+    images, ResNet-20's 16@32 and 32@16 layers); experiments/bench_conv.py measures them. Without shapes, "auto" on CPU means "hand". Geometries whose
     lax gradient aborts jaxlib's CPU compiler (`lax_grad_aborts`) get "hand".
     """
     if impl != "auto":
@@ -172,6 +190,8 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
         return "hand"
     algorithm = hand_algorithm(x_shape, w_shape, geom)
     if algorithm in ("rows", "depthwise", "pointwise") or (algorithm == "taps" and taps_pays(x_shape, w_shape, geom[0], geom[2])):
+        return "hand"
+    if algorithm == "im2col" and im2col_pays(x_shape, w_shape, geom):
         return "hand"
     if lax_grad_aborts(x_shape, w_shape, geom):
         return "hand"
