@@ -130,22 +130,26 @@ def torch_contenders(x_shape, w_shape, padding, stride=1, groups=1):
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where JAX's default backend is too
     m, n_H, n_W, n_C = x_shape
     f_H, f_W, _, n_O = w_shape
-    x = torch.randn(m, n_C, n_H, n_W, generator=g, requires_grad=True)
-    w = torch.randn(n_O, n_C // groups, f_H, f_W, generator=g, requires_grad=True)
-    b = torch.randn(n_O, generator=g, requires_grad=True)
+    x = torch.randn(m, n_C, n_H, n_W, generator=g).to(device).requires_grad_()
+    w = torch.randn(n_O, n_C // groups, f_H, f_W, generator=g).to(device).requires_grad_()
+    b = torch.randn(n_O, generator=g).to(device).requires_grad_()
     kw = {"padding": "same" if padding == "SAME" else padding, "stride": stride, "groups": groups}
     dz = torch.randn_like(F.conv2d(x, w, b, **kw))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def fwd(n):
         with torch.no_grad():
             for _ in range(n):
                 F.conv2d(x, w, b, **kw)
+        sync()
 
     def fwd_bwd(n):
         for _ in range(n):
             torch.autograd.grad(F.conv2d(x, w, b, **kw), (x, w, b), dz)
+        sync()
 
     return {("PyTorch", "fwd"): fwd, ("PyTorch", "fwd+bwd"): fwd_bwd}
 

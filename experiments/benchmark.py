@@ -75,9 +75,11 @@ def machine_line(torch_version: str | None, malloc: str = "") -> str:
                     break
     except OSError:
         pass
+    backend = jax.default_backend()
     parts = [
         f"{model}, {os.cpu_count()} cores",
-        f"backend {jax.default_backend()} ({len(jax.devices())} devices)",
+        f"backend {backend} ({len(jax.devices())} devices"
+        + ("" if backend == "cpu" else f": {jax.devices()[0].device_kind}") + ")",
         f"jax {jax.__version__}",
         f"torch {torch_version}" if torch_version else "torch not installed",
         f"python {platform.python_version()}",
@@ -269,23 +271,30 @@ def equinox_step(x, y):
 
 
 def _torch_runner(model, x, y):
-    """run(n): n PyTorch Adam steps (lr 1e-3, softmax cross-entropy) of `model` on the NHWC batch (x, y)."""
+    """run(n): n PyTorch Adam steps (lr 1e-3, softmax cross-entropy) of `model` on the NHWC batch (x, y).
+
+    On the GPU when PyTorch sees one (as JAX's default backend then is), waiting for it at the end of run(n).
+    """
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    try:  # fused Adam on CPU where this torch has it, else the multi-tensor (foreach) one
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    try:  # fused Adam where this torch has it for the device, else the multi-tensor (foreach) one
         optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
     except (RuntimeError, TypeError, ValueError):
         optimizer = torch.optim.Adam(model.parameters(), 1e-3, foreach=True)
-    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))).to(device)
+    yt = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)
 
     def run(n):
         for _ in range(n):
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(xt), yt).backward()
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     run.model = model  # for tests
     return run
