@@ -57,7 +57,7 @@ def _unchunk(a):
 
 
 def _chunk_size(m):
-    return math.gcd(m, 16) or 1  # a power of two: a whole number of examples per device on 1, 2, 4, 8 or 16 devices
+    return math.gcd(m, 16)  # a power of two: a whole number of examples per device on 1, 2, 4, 8 or 16 devices
 
 
 def exact(x, w, b, plan: Plan):
