@@ -40,7 +40,9 @@ TUNED = {
     "taps_auto_square_min_channels": 64,
     # im2col for a strided layer (one group, no dilation) only while its patch matrix m·n_H'·n_W'·f_H·f_W·n_C has at
     # most this many elements. Rows: bench_conv.py --resnet strided 3x3 (4.7M and 2.4M: 0.56-0.81x lax), an A/B of
-    # (128,16,16,64)->128 s2 (4.7M: 0.81x), (64,32,32,64)->64 s2 (9.4M: 1.53x), 5x5 (64,28,28,32) s2 (10M: 2.9x).
+    # (128,16,16,64)->128 s2 (4.7M: 0.81x), (64,32,32,64)->64 s2 (9.4M: 1.53x), 5x5 (64,28,28,32) s2 (10M: 2.9x);
+    # a second A/B: 2.4M 0.92x, 4.7M 0.66x and 0.77x, 9.4M 1.34x and 1.12x, and one miss, (16,64,64,32)->64 s2
+    # (4.7M: 1.07x).
     "im2col_auto_max_patch": 5 << 20,
 }
 
