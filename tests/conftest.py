@@ -31,3 +31,29 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
     jax.config.update("jax_compilation_cache_dir", _cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+import pytest  # noqa: E402  (after the configuration above, which must precede any JAX computation)
+
+
+@pytest.fixture
+def interrupt_at_step(monkeypatch):
+    """interrupt_at_step(n, message=None): the n-th training step of `fit` raises KeyboardInterrupt (a crash or a
+    Ctrl-C mid-epoch, raised from the batch's data.random_shift). Returns a function that takes the fault away."""
+    from jaxconv import data
+
+    real_shift = data.random_shift
+
+    def arm(n, message=None):
+        calls = []
+
+        def shift(*args):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt(*([message] if message else []))
+            return real_shift(*args)
+
+        monkeypatch.setattr(data, "random_shift", shift)
+        return lambda: monkeypatch.setattr(data, "random_shift", real_shift)
+
+    return arm

@@ -137,20 +137,12 @@ def test_damaged_metrics_of_an_old_checkpoint_name_the_file_and_the_fix(tmp_path
     assert loop._history_of({"metadata": {"history": [{"epoch": 1}]}}, str(path), 6) == [{"epoch": 1}]
 
 
-def test_interrupt_and_unfinished_extension(tmp_path, monkeypatch):
+def test_interrupt_and_unfinished_extension(tmp_path, interrupt_at_step):
     out = str(tmp_path / "run")
-    real_shift, calls = data.random_shift, []
-
-    def interrupt_at_step_3(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_shift(*args)
-
-    monkeypatch.setattr(data, "random_shift", interrupt_at_step_3)
+    repair = interrupt_at_step(3)
     with pytest.raises(Interrupted, match=r"^interrupted at step 2; checkpoint kept at .*checkpoint.npz \(step 2\); resume with --resume$"):
         fit(TrainConfig(out=out, checkpoint_every=2, **{**QUICK, "epochs": 2}), **QUIET)
-    monkeypatch.setattr(data, "random_shift", real_shift)
+    repair()
     with pytest.raises(ValueError, match=r"has not finished its 2 epochs \(checkpoint at step 2 of 6\); resume it with --epochs 2 first"):
         fit(TrainConfig(out=out, resume=True, **{**QUICK, "epochs": 3}), **QUIET)
 

@@ -159,25 +159,17 @@ def test_fit_writes_metrics_config_and_checkpoint(tmp_path):
     assert any("epoch   2/2" in line for line in lines)
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, interrupt_at_step):
     whole = str(tmp_path / "whole")
     fit(TrainConfig(out=whole, checkpoint_every=2, **QUICK), log=lambda s: None)
 
     # The same run, killed at its 5th step (after the checkpoint at step 4), then resumed.
     broken = str(tmp_path / "broken")
-    real_shift, calls = data.random_shift, []
-
-    def crash_on_step_5(*args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real_shift(*args)
-
-    monkeypatch.setattr(data, "random_shift", crash_on_step_5)
+    repair = interrupt_at_step(5, "simulated crash")
     with pytest.raises(KeyboardInterrupt):
         fit(TrainConfig(out=broken, checkpoint_every=2, **QUICK), log=lambda s: None)
     assert int(checkpoint.load_checkpoint(os.path.join(broken, "checkpoint.npz"))["step"]) == 4
-    monkeypatch.setattr(data, "random_shift", real_shift)
+    repair()
     lines = []
     fit(TrainConfig(out=broken, checkpoint_every=2, resume=True, **QUICK), log=lines.append)
     assert any("resumed" in line and "step 4" in line for line in lines)

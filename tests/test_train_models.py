@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxconv import checkpoint, data, loop, models
+from jaxconv import checkpoint, loop, models
 from jaxconv.layers import BatchNorm, Conv2D, Dense, Dropout, GlobalAvgPool, Relu, serial
 from jaxconv.loop import TrainConfig, fit
 from jaxconv.train import evaluate
@@ -115,24 +115,16 @@ def test_fit_carries_batchnorm_state_and_evaluates_in_eval_mode(tiny, tmp_path):
     assert not np.allclose(with_batch_stats, eval_logits)  # train mode would have given other logits
 
 
-def test_resume_with_state_and_dropout_is_bit_identical(tiny, tmp_path, monkeypatch):
+def test_resume_with_state_and_dropout_is_bit_identical(tiny, tmp_path, interrupt_at_step):
     whole = str(tmp_path / "whole")
     fit(TrainConfig(model=tiny, out=whole, checkpoint_every=2, **QUICK), **QUIET)
 
     broken = str(tmp_path / "broken")  # killed at its 5th step, after the checkpoint at step 4, then resumed
-    real_shift, calls = data.random_shift, []
-
-    def crash_on_step_5(*args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real_shift(*args)
-
-    monkeypatch.setattr(data, "random_shift", crash_on_step_5)
+    repair = interrupt_at_step(5, "simulated crash")
     with pytest.raises(KeyboardInterrupt):
         fit(TrainConfig(model=tiny, out=broken, checkpoint_every=2, **QUICK), **QUIET)
     assert int(_load(broken)["step"]) == 4
-    monkeypatch.setattr(data, "random_shift", real_shift)
+    repair()
     lines = []
     fit(TrainConfig(model=tiny, out=broken, checkpoint_every=2, resume=True, **QUICK), log=lines.append)
     assert any("resumed" in line and "step 4" in line for line in lines)
