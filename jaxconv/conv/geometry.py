@@ -31,6 +31,14 @@ class Plan(NamedTuple):
     block: Optional[int] = None
 
 
+def check_groups(groups, n_C, op):
+    """`groups` an int >= 1 that divides the input channels n_C (conv2d and conv_transpose2d alike)."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: `groups` must be an int >= 1, got {groups!r}.")
+    if n_C % groups:
+        raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels n_C (={n_C}); pick groups among the divisors of {n_C}.")
+
+
 def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, op="conv2d"):
     """Check a convolution's arguments and return (pads, s, d, groups, out_shape).
 
@@ -40,12 +48,9 @@ def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1
     d = _args.pair(dilation, "dilation", op, minimum=1)
     if len(w_shape) != 4:
         raise ValueError(f"{op}: `w` must have shape (f_H, f_W, n_C / groups, n_C') (HWIO), got shape {tuple(w_shape)}.")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"{op}: `groups` must be an int >= 1, got {groups!r}.")
     m, n_H, n_W, n_C = x_shape
     f_H, f_W, n_Cg, n_C_out = w_shape
-    if n_C % groups:
-        raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels n_C (={n_C}); pick groups among the divisors of {n_C}.")
+    check_groups(groups, n_C, op)
     if n_C_out % groups:
         raise ValueError(
             f"{op}: `groups` (={groups}) must divide the filter's output channels n_C' (={n_C_out}); "

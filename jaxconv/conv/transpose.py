@@ -19,7 +19,7 @@ from jax import lax
 from jaxconv import _args
 from jaxconv._args import LAYOUT
 from jaxconv.conv import im2col
-from jaxconv.conv.geometry import Plan, acc_dtype, lax_sum_dtype, pad_input
+from jaxconv.conv.geometry import Plan, acc_dtype, check_groups, lax_sum_dtype, pad_input
 
 
 def transpose_geometry(x_shape, w_shape, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, op="conv_transpose2d"):
@@ -35,8 +35,6 @@ def transpose_geometry(x_shape, w_shape, *, stride=1, padding=0, output_padding=
     op_pad = _args.pair(output_padding, "output_padding", op, minimum=0)
     if len(w_shape) != 4:
         raise ValueError(f"{op}: `w` must have shape (f_H, f_W, n_C' / groups, n_C) (the HWIO filter of the conv2d it transposes), got shape {tuple(w_shape)}.")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"{op}: `groups` must be an int >= 1, got {groups!r}.")
     m, n_H, n_W, n_C = x_shape
     f_H, f_W, n_Cg_out, n_C_w = w_shape
     if n_C_w != n_C:
@@ -44,8 +42,7 @@ def transpose_geometry(x_shape, w_shape, *, stride=1, padding=0, output_padding=
             f"{op}: input channels n_C (={n_C}) must equal the filter's last axis (={n_C_w}): w is the HWIO filter "
             f"(f_H, f_W, n_C' / groups, n_C) of the conv2d that maps n_C' channels to n_C; give w shape (f_H, f_W, n_C' / groups, {n_C})."
         )
-    if n_C % groups:
-        raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels n_C (={n_C}); pick groups among the divisors of {n_C}.")
+    check_groups(groups, n_C, op)
     for axis, (o, s_i, d_i) in enumerate(zip(op_pad, s, d)):
         if o >= max(s_i, d_i):
             raise ValueError(
