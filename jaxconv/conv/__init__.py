@@ -102,6 +102,17 @@ def pad_mode(x, pads, padding_mode, op="conv2d"):
     return jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=PADDING_MODES[padding_mode])
 
 
+def _check_bias_and_dtype(op, x, w, b, n_C_out, per):
+    """b (n_C',) or None, and x and w of one dtype: the checks conv2d and conv_transpose2d share."""
+    if b is not None and tuple(getattr(b, "shape", ())) != (n_C_out,):
+        raise ValueError(
+            f"{op}: `b` must have shape (n_C',) = ({n_C_out},) to match the filter, got {tuple(getattr(b, 'shape', ()))}; "
+            f"pass one bias per {per}, or b=None."
+        )
+    if x.dtype != w.dtype:
+        raise TypeError(f"{op}: `x` ({x.dtype}) and `w` ({w.dtype}) must have the same dtype; cast one with .astype().")
+
+
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="auto", algorithm="auto", padding_mode="zeros"):
     """2-D convolution (cross-correlation) of NHWC activations with an HWIO filter.
 
@@ -147,13 +158,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
     pads, s, d, groups, out_shape = conv_geometry(
         x.shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups
     )
-    if b is not None and tuple(getattr(b, "shape", ())) != (w_shape[3],):
-        raise ValueError(
-            f"conv2d: `b` must have shape (n_C',) = ({w_shape[3]},) to match the filter, got {tuple(getattr(b, 'shape', ()))}; "
-            f"pass one bias per filter, or b=None."
-        )
-    if x.dtype != w.dtype:
-        raise TypeError(f"conv2d: `x` ({x.dtype}) and `w` ({w.dtype}) must have the same dtype; cast one with .astype().")
+    _check_bias_and_dtype("conv2d", x, w, b, w_shape[3], "filter")
     if padding_mode != "zeros":
         x = pad_mode(x, pads, padding_mode)  # (m, n_H + p_top + p_bottom, n_W + p_left + p_right, n_C)
         pads = ((0, 0), (0, 0))
@@ -222,13 +227,7 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
     plan, extra, out_shape = transpose_geometry(
         x.shape, w_shape, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups
     )
-    if b is not None and tuple(getattr(b, "shape", ())) != (out_shape[3],):
-        raise ValueError(
-            f"{op}: `b` must have shape (n_C',) = ({out_shape[3]},) to match the filter, got {tuple(getattr(b, 'shape', ()))}; "
-            f"pass one bias per output channel, or b=None."
-        )
-    if x.dtype != w.dtype:
-        raise TypeError(f"{op}: `x` ({x.dtype}) and `w` ({w.dtype}) must have the same dtype; cast one with .astype().")
+    _check_bias_and_dtype(op, x, w, b, out_shape[3], "output channel")
     if impl == "auto":  # on CPU, XLA's compiler aborts on some lhs-dilated convolutions (README, Known issue)
         impl = "lax" if jax.default_backend() != "cpu" else "hand"
     if impl == "lax":
