@@ -12,7 +12,7 @@ same code runs on CPU, GPU or TPU.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -208,20 +208,31 @@ def make_train_step(
         return step
     compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
+    def donated(params, opt_state) -> Optional[str]:
+        """The error message when params or opt_state holds a buffer an earlier call donated, else None."""
+        for name, tree in (("params", params), ("opt_state", opt_state)):
+            if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(tree)):
+                return (
+                    f"train_step: `{name}` holds arrays deleted by an earlier call: make_train_step donates "
+                    f"params and opt_state to the step (donate=True), so use the ones it returns "
+                    f"(params, opt_state, metrics = step(params, opt_state, x, y)), or build the step with "
+                    f"donate=False to keep the inputs."
+                )
+        return None
+
     def checked_step(params, opt_state, x, y, state=None, key=None):
-        if donate:  # a deleted buffer would reach XLA as "Buffer has been deleted or donated"
-            for name, tree in (("params", params), ("opt_state", opt_state)):
-                if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(tree)):
-                    raise ValueError(
-                        f"train_step: `{name}` holds arrays deleted by an earlier call: make_train_step donates "
-                        f"params and opt_state to the step (donate=True), so use the ones it returns "
-                        f"(params, opt_state, metrics = step(params, opt_state, x, y)), or build the step with "
-                        f"donate=False to keep the inputs."
-                    )
         try:
             if state is None and key is None:
                 return compiled(params, opt_state, x, y)
             return compiled(params, opt_state, x, y, state, key)
+        except (RuntimeError, ValueError) as e:
+            # A donated buffer passed again: JAX refuses it before running anything ("Array has been
+            # deleted"); say which argument and why. Checked here, not before every call: the check
+            # walks every leaf (0.35 ms a step, LeNet-5 with Adam).
+            message = donated(params, opt_state) if donate and "deleted" in str(e) else None
+            if message:
+                raise ValueError(message) from None
+            raise
         except AttributeError as e:  # optax reading a field of another optimizer's state
             if "State" not in str(e):
                 raise
