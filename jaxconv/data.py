@@ -21,7 +21,9 @@ Labels outside 0..9 are refused by every loader.
 
 `batches()` cuts an epoch into mini-batches, shuffled from a JAX key,
 keeping the last, smaller batch unless told otherwise, and can start in the
-middle of an epoch to resume a run.
+middle of an epoch to resume a run. `take_batch()` makes the same
+batch (shuffled and shifted alike) on the device, for a training loop whose
+data stay there.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "num_batches",
     "random_shift",
     "read_idx",
+    "take_batch",
 ]
 
 
@@ -552,6 +555,66 @@ def _shift_sampler(m: int, max_shift: int):
 def _draw_shifts(key, m: int, max_shift: int):
     """(m, 2) shifts in [-max_shift, max_shift], as jax.random.randint(key, (m, 2), ...) draws them."""
     return np.asarray(_shift_sampler(m, max_shift)(key))
+
+
+def take_batch(x, y, order, k: int, batch_size: int, max_shift: int = 0, key=None):
+    """Mini-batch k of an epoch, made on the device: `batches()` and `random_shift()` in one compiled call.
+
+    The same batch, draw for draw, as
+    `random_shift(x[order[k*B:(k+1)*B]], max_shift, key)` with B = batch_size
+    and `order = jax.random.permutation(epoch_key, m)` (what `batches()`
+    draws), but x, y and order stay on the device and nothing waits for the
+    host: `jaxconv train` keeps the data set on the device and calls this once
+    per step, so the steps run back to back (the host-side pair waited for
+    every step's shifts to reach NumPy).
+
+    Args:
+      x: (m, n_H, n_W, n_C) array (a jax.Array on the device, ideally).
+      y: (m,) or (m, K) labels.
+      order: (m,) int permutation of the examples for this epoch.
+      k: batch index in the epoch, 0 <= k < m // batch_size (full batches only).
+      batch_size: B.
+      max_shift: shift each image by its own (dy, dx) in [-max_shift, max_shift], zero fill; 0 = none.
+      key: the step's JAX key for the shifts (needed when max_shift > 0).
+
+    Returns:
+      (x_batch, y_batch): jax.Arrays (B, n_H, n_W, n_C) and (B, ...).
+    """
+    op = "take_batch"
+    batch_size = _int(batch_size, "batch_size", op, minimum=1)
+    max_shift = _int(max_shift, "max_shift", op, minimum=0)
+    k = _int(k, "k", op, minimum=0)
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"{op}: `x` must have shape (m, n_H, n_W, n_C), got {getattr(x, 'shape', type(x).__name__)}.")
+    m = x.shape[0]
+    if y.shape[0] != m or order.shape != (m,):
+        raise ValueError(f"{op}: `x`, `y` and `order` must hold the same m examples, got shapes {x.shape}, {y.shape} "
+                         f"and {order.shape}; pass order = jax.random.permutation(key, m).")
+    if (k + 1) * batch_size > m:
+        raise ValueError(f"{op}: batch `k`={k} of {batch_size} ends past the {m} examples; use k in 0..{m // batch_size - 1}.")
+    if max_shift and key is None:
+        raise ValueError(f"{op}: `max_shift`={max_shift} needs the step's random `key`; pass key=, or max_shift=0.")
+    return _batch_taker(batch_size, max_shift)(x, y, order, k, key)
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_taker(B: int, s: int):
+    """take_batch compiled for one (batch size, max shift)."""
+    import jax
+    import jax.numpy as jnp
+
+    def take(x, y, order, k, key):
+        idx = jax.lax.dynamic_slice_in_dim(order, k * B, B)
+        xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
+        if s == 0:
+            return xb, yb
+        shifts = jax.random.randint(key, (B, 2), -s, s + 1)  # random_shift's draw: (dy, dx) per image
+        _, H, W, C = xb.shape
+        padded = jnp.pad(xb, ((0, 0), (s, s), (s, s), (0, 0)))
+        window = lambda img, d: jax.lax.dynamic_slice(img, (s - d[0], s - d[1], 0), (H, W, C))  # noqa: E731
+        return jax.vmap(window)(padded, shifts), yb
+
+    return jax.jit(take)
 
 
 def num_batches(m: int, batch_size: int, drop_last: bool = False) -> int:

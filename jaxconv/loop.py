@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import inspect
 import json
 import os
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -228,6 +230,24 @@ def _init(model, optimizer, key, input_shape, ensemble, stateful=False):
     return params, opt_state, state
 
 
+@jax.jit
+def _run_keys(seed):
+    """The run's keys from its seed, in one compiled program (eagerly, each key op compiles its own: ~0.3 s).
+
+    Returns (root, init, data, shift, dropout); step s draws its shifts from fold_in(shift, s) and its
+    dropout masks from fold_in(dropout, s), so a resumed run draws what the uninterrupted one did.
+    """
+    root = jax.random.key(seed)
+    init_key, data_key, shift_key = jax.random.split(root, 3)
+    return root, init_key, data_key, shift_key, jax.random.fold_in(root, 3)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _epoch_order(data_key, epoch, m):
+    """The epoch's shuffle of the m training examples, as `data.batches(key=fold_in(data_key, epoch))` draws it."""
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), m)
+
+
 def _member(tree, k):
     """Member k of a tree stacked on a leading axis (None stays None)."""
     return None if tree is None else jax.tree_util.tree_map(lambda leaf: leaf[k], tree)
@@ -415,9 +435,7 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
     model = build_model(config, ds.x_train.shape[3])
     stateful = uses_train_mode(model)  # BatchNorm / Dropout: state= and key= into every step, eval mode to evaluate
     input_shape = (-1, *ds.x_train.shape[1:])
-    root = jax.random.key(config.seed)
-    init_key, data_key, shift_key = jax.random.split(root, 3)
-    dropout_key = jax.random.fold_in(root, 3)  # step s uses fold_in(dropout_key, s): resume draws the same masks
+    root, init_key, data_key, shift_key, dropout_key = _run_keys(config.seed)
     config_dict = {**dataclasses.asdict(config), "lr": config.learning_rate, "data_fingerprint": config.data_fingerprint}
     cycles, extension = ([config.epochs], "") if header is None else _resume_plan(config, header, steps_per_epoch, ckpt_path)
     config_dict["schedule_epochs"] = cycles
@@ -490,29 +508,34 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
     )
     if config.progress:
         from tqdm.auto import tqdm
+    if primary:  # matplotlib's import (0.4 s) for the plot at the end, done while the steps compile and run
+        threading.Thread(target=_pyplot, daemon=True).start()
     start_time = time.perf_counter()
     first_epoch = step // steps_per_epoch
+    # The training set lives on the device: each step's batch is cut, shuffled and shifted there
+    # (data.take_batch), so the host never waits for a step to finish before queuing the next.
+    x_all, y_all = jax.device_put(ds.x_train), jax.device_put(ds.y_train)
+    fold_in = jax.jit(jax.random.fold_in)  # one compiled call per key, not eager dispatch (~0.9 ms each)
     try:
         for epoch in range(first_epoch, config.epochs):
             epoch_start = time.perf_counter()
             start_step = step - epoch * steps_per_epoch
-            batch_iter = data.batches(
-                ds.x_train, ds.y_train, config.batch_size, key=jax.random.fold_in(data_key, epoch),
-                start_step=start_step, drop_last=True,
-            )
+            order = _epoch_order(data_key, epoch, m)
             # disable=None: bars on a terminal only; piped logs get the epoch lines alone.
             bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
                        unit="step", leave=False, disable=None, file=sys.stderr) if config.progress and primary else None
             if bar is not None and bar.disable:
                 bar = None
             losses = []
-            for x, y in batch_iter:
-                x = data.random_shift(x, config.shift, jax.random.fold_in(shift_key, step))  # whole global batch
+            for k in range(start_step, steps_per_epoch):
+                # the whole global batch, made on the device without waiting for the last step
+                x, y = data.take_batch(x_all, y_all, order, k, config.batch_size, config.shift,
+                                       fold_in(shift_key, step) if config.shift else None)
                 if mesh is not None:
                     x, y = parallel.shard_batch(mesh, *parallel.take_process_rows(mesh, x, y))
                 if stateful:  # train mode: batch statistics, running ones updated; dropout masks from the step's key
                     params, opt_state, metrics, state = step_fn(params, opt_state, x, y, state,
-                                                                jax.random.fold_in(dropout_key, step))
+                                                                fold_in(dropout_key, step))
                 else:
                     params, opt_state, metrics = step_fn(params, opt_state, x, y)
                 losses.append(metrics["loss"])
@@ -603,8 +626,8 @@ def _check_finite(losses, step, epoch, steps_per_epoch, kept=lambda: "the last g
     return float(values.mean()) if values.size else float("nan")
 
 
-def _plot(history, out) -> Optional[str]:
-    """curves.png of loss and accuracy per epoch, when matplotlib is installed."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -612,7 +635,13 @@ def _plot(history, out) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    if not history:
+    return plt
+
+
+def _plot(history, out) -> Optional[str]:
+    """curves.png of loss and accuracy per epoch, when matplotlib is installed."""
+    plt = _pyplot()  # imported already by the thread `_fit` starts, unless it is still at it (then this waits)
+    if plt is None or not history:
         return None
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))

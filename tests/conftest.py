@@ -39,21 +39,21 @@ import pytest  # noqa: E402  (after the configuration above, which must precede 
 @pytest.fixture
 def interrupt_at_step(monkeypatch):
     """interrupt_at_step(n, message=None): the n-th training step of `fit` raises KeyboardInterrupt (a crash or a
-    Ctrl-C mid-epoch, raised from the batch's data.random_shift). Returns a function that takes the fault away."""
+    Ctrl-C mid-epoch, raised from the batch's data.take_batch). Returns a function that takes the fault away."""
     from jaxconv import data
 
-    real_shift = data.random_shift
+    real_take = data.take_batch
 
     def arm(n, message=None):
         calls = []
 
-        def shift(*args):
+        def take(*args):
             calls.append(1)
             if len(calls) == n:
                 raise KeyboardInterrupt(*([message] if message else []))
-            return real_shift(*args)
+            return real_take(*args)
 
-        monkeypatch.setattr(data, "random_shift", shift)
-        return lambda: monkeypatch.setattr(data, "random_shift", real_shift)
+        monkeypatch.setattr(data, "take_batch", take)
+        return lambda: monkeypatch.setattr(data, "take_batch", real_take)
 
     return arm

@@ -55,7 +55,7 @@ def after(module, name):
         return out
     setattr(module, name, hooked)
 
-{"step": lambda: before(data, "random_shift"),
+{"step": lambda: before(data, "take_batch"),
  "mid_save": lambda: after(checkpoint.np, "savez"),
  "before_metrics": lambda: before(loop, "_write_metrics"),
  "after_metrics": lambda: after(loop, "_write_metrics"),

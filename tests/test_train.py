@@ -193,14 +193,14 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 
 def test_nan_loss_stops_with_step_and_epoch_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
-    real_shift, calls = data.random_shift, []
+    real_take, calls = data.take_batch, []
 
-    def poison_from_step_4(x, *args):
+    def poison_from_step_4(*args):
         calls.append(1)
-        x = real_shift(x, *args)
-        return x * np.nan if len(calls) >= 4 else x
+        x, y = real_take(*args)
+        return (x * np.nan if len(calls) >= 4 else x), y
 
-    monkeypatch.setattr(data, "random_shift", poison_from_step_4)
+    monkeypatch.setattr(data, "take_batch", poison_from_step_4)
     with pytest.raises(NonFiniteLoss, match=r"nan at step 4 \(epoch 2, step 1 of 3\).*last good checkpoint"):
         fit(TrainConfig(out=out, checkpoint_every=1, **QUICK), log=lambda s: None)
     state = checkpoint.load_checkpoint(os.path.join(out, "checkpoint.npz"))
