@@ -53,13 +53,15 @@ def _run(cmd, env=None) -> tuple[float, str]:
     return wall, proc.stdout
 
 
-def jaxconv_run(args, work, cache_dir) -> dict:
-    """`jaxconv train` in a fresh process, its compiled steps cached in `cache_dir` (JAX_COMPILATION_CACHE_DIR)."""
+def jaxconv_run(args, work, cache_home) -> dict:
+    """`jaxconv train` in a fresh process with its default compilation cache, put under `cache_home`
+    (XDG_CACHE_HOME: the cache a user's runs share, `devices.compile_cache()`)."""
     out = tempfile.mkdtemp(dir=work)
     cmd = [sys.executable, "-m", "jaxconv.cli", "train", "--epochs", str(args.epochs), "--out", out, "--no-progress"]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
-    wall, _ = _run(cmd, env={**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir})
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # jaxconv's own cache settings
+    wall, _ = _run(cmd, env={**env, "XDG_CACHE_HOME": cache_home})
     with open(os.path.join(out, "metrics.jsonl")) as f:
         last = [json.loads(line) for line in f if line.strip()][-1]
     return {"wall_s": wall, "test_accuracy": last["test_accuracy"]}

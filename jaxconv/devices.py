@@ -106,7 +106,7 @@ def reuse_host_memory(limit: int = 2**31 - 1) -> bool:
     return mallopt(_M_MMAP_THRESHOLD, limit) == 1 and mallopt(_M_TRIM_THRESHOLD, limit) == 1
 
 
-def compile_cache(path: str | None = None, min_compile_s: float = 0.2) -> str | None:
+def compile_cache(path: str | None = None, min_compile_s: float = 0.0) -> str | None:
     """Keep compiled XLA programs on disk, so the next process with the same step loads instead of compiling it.
 
     JAX's persistent compilation cache, in `path` (default
