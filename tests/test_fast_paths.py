@@ -212,6 +212,9 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     monkeypatch.setattr(conv.policy.jax, "default_backend", lambda: "cpu")
     assert conv.resolve_impl("auto") == "hand"
     assert conv.resolve_impl("lax") == "lax"
+    # Without jaxconv's compiler options (YNNPACK's convolutions: a jaxlib without the option, or
+    # TUNED["cpu_ynn_fusion_types"] = None), the taps and im2col rules decide.
+    monkeypatch.setattr(conv.policy, "compiler_options", lambda backend=None: None)
     cases = [
         ((1, 14, 14, 6), (5, 5, 6, 16), {}, "hand"),  # rows
         ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME"}, "hand"),  # taps, 3x3 on 32x32
@@ -231,6 +234,39 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     ]
     for xs, ws, kw, want in cases:
         assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want, (xs, ws, kw)
+    # With them (lax's convolutions on XLA's multi-threaded runtime), lax takes every stride-1 layer of at least
+    # TUNED["lax_min_channels"] = 8 channels that rows, depthwise and pointwise leave; strided layers as before.
+    monkeypatch.setattr(conv.policy, "compiler_options", lambda backend=None: {"option": "value"})
+    cases = [
+        ((1, 14, 14, 6), (5, 5, 6, 16), {}, "hand"),  # rows
+        ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME"}, "lax"),  # was taps
+        ((1, 32, 32, 16), (3, 3, 16, 32), {"padding": 1}, "lax"),  # was taps
+        ((1, 32, 32, 8), (3, 3, 8, 16), {"padding": 1}, "lax"),  # 8 channels: the threshold
+        ((1, 32, 32, 7), (3, 3, 7, 16), {"padding": 1}, "hand"),  # 7: taps still
+        ((1, 32, 32, 3), (3, 3, 3, 16), {"padding": 1}, "hand"),  # ResNet-20's first layer: taps
+        ((1, 56, 56, 64), (1, 1, 64, 128), {}, "hand"),  # pointwise
+        ((4, 16, 16, 32), (3, 3, 1, 32), {"padding": 1, "groups": 32}, "hand"),  # depthwise
+        ((128, 32, 32, 16), (3, 3, 16, 32), {"padding": 1, "stride": 2}, "hand"),  # strided: im2col_pays as before
+        ((64, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME", "stride": 2}, "lax"),
+    ]
+    for xs, ws, kw, want in cases:
+        assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want, (xs, ws, kw)
+    monkeypatch.setitem(conv.policy.TUNED, "lax_min_channels", 10**9)  # the threshold is the one knob
+    xs, ws = (1, 32, 32, 64), (3, 3, 64, 64)
+    assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, padding="SAME")[:4]) == "hand"
+
+
+def test_compiler_options_are_cpu_only_and_known_to_this_jaxlib(monkeypatch):
+    """policy.compiler_options: a dict XLA:CPU accepts, on CPU only; None when turned off or not understood."""
+    options = conv.policy.compiler_options("cpu")
+    if options is not None:  # this jaxlib knows the option: the compiled step must accept it
+        f = jax.jit(lambda x: conv2d(x, jnp.ones((3, 3, 8, 8)), padding=1), compiler_options=options)
+        np.testing.assert_allclose(f(jnp.ones((1, 4, 4, 8))), conv2d(jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 8, 8)), padding=1, impl="lax"), rtol=1e-5)
+    assert conv.policy.compiler_options("gpu") is None and conv.policy.compiler_options("tpu") is None
+    monkeypatch.setitem(conv.policy.TUNED, "cpu_ynn_fusion_types", None)
+    assert conv.policy.compiler_options("cpu") is None
+    monkeypatch.setitem(conv.policy.TUNED, "cpu_ynn_fusion_types", "NOT_A_FUSION_TYPE")
+    assert conv.policy.compiler_options("cpu") is None  # refused by XLA: jaxconv compiles with XLA's defaults
 
 
 @pytest.mark.parametrize("x_shape,w_shape,kw", [ROWS_CASES[1], TAPS_CASES[0], IM2COL_ONLY[1]])

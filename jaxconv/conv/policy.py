@@ -3,12 +3,20 @@
 Every tuned threshold lives in `TUNED`, each with the benchmark row behind it
 (2-core EPYC; the measurements themselves are in the README's convolution
 tables). `resolve_impl` decides impl="auto"; `hand_algorithm` the algorithm of
-impl="hand"; `rows_block` and `taps_chunk` the fast algorithms' tiles.
+impl="hand"; `rows_block` and `taps_chunk` the fast algorithms' tiles;
+`compiler_options` which XLA:CPU library runs lax's convolutions inside
+jaxconv's compiled steps, and `jit` compiles with them (use it, or pass
+`compiler_options=policy.compiler_options()` to your own `jax.jit`, to get the
+programs `auto` is tuned for).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import jax
+import jax.numpy as jnp
 
 from jaxconv.conv.geometry import Plan, out_size, padded_size
 
@@ -44,7 +52,61 @@ TUNED = {
     # a second A/B: 2.4M 0.92x, 4.7M 0.66x and 0.77x, 9.4M 1.34x and 1.12x, and one miss, (16,64,64,32)->64 s2
     # (4.7M: 1.07x).
     "im2col_auto_max_patch": 5 << 20,
+    # With `compiler_options` in effect, auto takes lax for stride-1 layers of at least this many input channels per
+    # group that rows, depthwise and pointwise do not take: XLA's multi-threaded convolution beat taps on every such
+    # layer measured. Rows: bench_conv.py --resnet and --more with the options (taps / lax, fwd+bwd: 16@32 1.39x,
+    # 32@16 1.65x, 64@8 1.96x, 64@32 1.48x, 16->32 1.54x, 32->64@16 1.93x), an A/B of 8->16 and 8->8 @32 (1.69x,
+    # 1.82x) and 12->24 (1.56x); but 3->16 @32 taps 0.90x and 3->32 @32 im2col 0.68x (kept). The inception step
+    # (batch 64): 780 ms against 819 with taps. Strided layers keep `im2col_pays`: alone, lax beat im2col on them
+    # with the options (1.01-2.04x, six layers), but the ResNet-20 step with lax there ran 803 ms against 639 ms
+    # (9-round A/B): XLA then fused the BatchNorm/residual chains into slow transposes for lax's weight gradient.
+    "lax_min_channels": 8,
+    # XLA:CPU's libraries for jaxconv's compiled steps (`compiler_options`): dots and reductions on YNNPACK,
+    # convolutions on XLA's own multi-threaded (Eigen) runtime. jaxlib 0.10's default also gives YNNPACK the
+    # convolutions, and it ran ResNet-20's 32- and 64-channel layers on one of the two cores. Rows: benchmark.py
+    # --model resnet20 with XLA_FLAGS (default 589 -> 506 ms/step, impl=lax 712 -> 639), a step A/B of the
+    # settings (default step 793 / 630 ms, lax 963 / 753; YNNPACK dots only 681, no YNNPACK 622) and LeNet-5 at
+    # batch 128 and 512 (no change: 8.8 / 8.6 ms, 30.5 / 32.0 ms, within the noise). None: XLA's own default.
+    "cpu_ynn_fusion_types": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
+
+
+_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+_JIT_TAKES_OPTIONS = "compiler_options" in inspect.signature(jax.jit).parameters  # jax >= 0.4.36 or so
+
+
+def compiler_options(backend: str | None = None) -> dict | None:
+    """XLA compiler options for jaxconv's compiled steps (`jax.jit(..., compiler_options=...)`), or None.
+
+    On CPU: which XLA:CPU library runs what (TUNED["cpu_ynn_fusion_types"]): lax
+    convolutions go to XLA's own runtime, which spreads one convolution over
+    every core, instead of YNNPACK, which ran ResNet-20's wider layers on one.
+    This touches only lax's convolutions and XLA's choice of kernels; it is
+    a per-program option, never a process-wide flag. None on GPU/TPU, when
+    TUNED["cpu_ynn_fusion_types"] is None, and when this jaxlib does not know
+    the (experimental) option: then XLA's defaults apply.
+    """
+    value = TUNED["cpu_ynn_fusion_types"]
+    if value is None or (backend or jax.default_backend()) != "cpu" or not _JIT_TAKES_OPTIONS or not _known(_YNN_OPTION, value):
+        return None
+    return {_YNN_OPTION: value}
+
+
+def jit(fun, **kwargs):
+    """`jax.jit(fun, **kwargs)` with `compiler_options()` when there are any: how jaxconv compiles its steps."""
+    options = compiler_options()
+    return jax.jit(fun, **kwargs) if options is None else jax.jit(fun, compiler_options=options, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _known(option: str, value: str) -> bool:
+    """Whether this jaxlib's CPU compiler accepts `option`=`value` (one tiny compile, once per process)."""
+    try:
+        # a shape, not an array: this may run while another function is being traced (resolve_impl)
+        jax.jit(lambda x: x + 1).lower(jax.ShapeDtypeStruct((1,), jnp.float32)).compile(compiler_options={option: value})
+    except Exception:  # noqa: BLE001  (jaxlib raises XlaRuntimeError / ValueError for an unknown option or value)
+        return False
+    return True
 
 
 def applicable(algorithm: str, w_shape, geom) -> str | None:
@@ -171,18 +233,22 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     """The implementation impl="auto" stands for: "lax" on GPU/TPU; on CPU "hand" where it is faster, else "lax".
 
     Read at trace time (`jax.default_backend()`). On GPU and TPU lax's
-    convolution (cuDNN and friends) is fastest. On CPU, "hand" where its rows
-    algorithm applies (narrow layers like LeNet's: 2-6x faster than lax
-    forward+backward), its taps algorithm pays (3x3 and 1x1 filters on images
-    larger than about 16x16, but not layers of fewer than 64 channels with as
-    many filters as channels, lax's best case: 1.1-3x faster), the layer is depthwise (groups =
-    n_C: 4-9x faster, bench_conv.py --resnet dw rows) or 1x1 with one group
-    (pointwise, any stride: 2.3x faster on ResNet-20's stride-2 projections);
-    im2col on strided layers whose patch matrix stays small (ResNet-20's strided
-    3x3 layers at batch 128: 1.2-1.8x faster, `im2col_pays`); lax elsewhere
-    (larger strided layers, other groups, 5x5 filters on wide layers, small
-    images, ResNet-20's 16@32 and 32@16 layers); experiments/bench_conv.py measures them. Without shapes, "auto" on CPU means "hand". Geometries whose
-    lax gradient aborts jaxlib's CPU compiler (`lax_grad_aborts`) get "hand".
+    convolution (cuDNN and friends) is fastest. On CPU, in this order:
+    "hand" where its rows algorithm applies (narrow layers like LeNet's: 2-6x
+    faster than lax forward+backward), for depthwise layers (groups = n_C: 4-9x,
+    bench_conv.py --resnet dw rows) and 1x1 layers with one group (pointwise, any
+    stride: 2x on ResNet-20's stride-2 projections); "hand" for geometries whose
+    lax gradient aborts jaxlib's CPU compiler (`lax_grad_aborts`); "lax" for
+    every other stride-1 layer of at least TUNED["lax_min_channels"] input
+    channels per group while `compiler_options()` gives lax's convolutions XLA's
+    multi-threaded runtime (in jaxconv's compiled steps: 1.4-2x faster than taps
+    there). Strided and narrower layers, and every layer without those options (a jaxlib
+    that lacks the option, or TUNED["cpu_ynn_fusion_types"] = None: YNNPACK's
+    convolutions), take "hand" where taps pays (`taps_pays`: 3x3 and 1x1 filters
+    on images larger than about 16x16, not square layers of fewer than 64
+    channels) or im2col pays (`im2col_pays`: strided 3x3 layers with a small
+    patch matrix), else "lax". experiments/bench_conv.py measures them.
+    Without shapes, "auto" on CPU means "hand".
     """
     if impl != "auto":
         return impl
@@ -191,10 +257,14 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     if geom is None:
         return "hand"
     algorithm = hand_algorithm(x_shape, w_shape, geom)
-    if algorithm in ("rows", "depthwise", "pointwise") or (algorithm == "taps" and taps_pays(x_shape, w_shape, geom[0], geom[2])):
-        return "hand"
-    if algorithm == "im2col" and im2col_pays(x_shape, w_shape, geom):
+    if algorithm in ("rows", "depthwise", "pointwise"):
         return "hand"
     if lax_grad_aborts(x_shape, w_shape, geom):
+        return "hand"
+    if geom[1] == (1, 1) and w_shape[2] >= TUNED["lax_min_channels"] and compiler_options() is not None:
+        return "lax"  # XLA's multi-threaded convolution, in jaxconv's compiled steps
+    if algorithm == "taps" and taps_pays(x_shape, w_shape, geom[0], geom[2]):
+        return "hand"
+    if algorithm == "im2col" and im2col_pays(x_shape, w_shape, geom):
         return "hand"
     return "lax"
