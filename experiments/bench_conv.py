@@ -12,7 +12,10 @@ with --resnet instead every distinct convolution of ResNet-20 at batch --batch
 3x3 layers (groups = channels, stride 1 and 2).
 Contenders: impl="lax", impl="hand" (the algorithm `hand_algorithm` picks for
 the layer), each other hand-rolled algorithm that applies, forced (rows, taps, im2col),
-impl="hand_autodiff", and PyTorch's conv2d (NCHW, eager) when installed.
+impl="hand_autodiff", and PyTorch's conv2d (NCHW, eager) when installed. Every
+jaxconv contender is compiled as jaxconv's steps are, with
+`policy.compiler_options()` (on CPU: lax's convolutions on XLA's multi-threaded
+runtime instead of YNNPACK); "lax, XLA's default libraries" is lax without them.
 fwd+bwd is the forward plus the gradient with respect to x, w and b for a
 fixed random upstream gradient. Interleaved rounds (a random order each round), warm-up excluded,
 block_until_ready, medians; the ratio column is time / lax's time.
@@ -106,20 +109,24 @@ def jax_contenders(x_shape, w_shape, padding, stride=1, groups=1, autodiff=True)
     for forced in conv.ALGORITHMS[1:]:
         if forced != algorithm and conv.policy.applicable(forced, w_shape, geom) is None:
             out[f"hand, {forced} forced"] = lambda x, w, b, a=forced: conv.conv2d(x, w, b, **kw, impl="hand", algorithm=a)
+    options = conv.policy.compiler_options()  # what jaxconv's compiled steps use (convolutions off YNNPACK on CPU)
+    if options is not None:
+        out["lax, XLA's default libraries"] = out["lax"]
     runs = {}
     k = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(k[0], x_shape, jnp.float32)
     w = jax.random.normal(k[1], w_shape, jnp.float32)
     b = jax.random.normal(k[2], (w_shape[3],), jnp.float32)
     for name, fn in out.items():
-        fwd = jax.jit(fn)
+        jit = jax.jit if name.endswith("default libraries") else conv.policy.jit
+        fwd = jit(fn)
         dz = jax.random.normal(k[3], fwd(x, w, b).shape, jnp.float32)
 
         def fwd_bwd(x, w, b, fn=fn, dz=dz):
             z, vjp = jax.vjp(fn, x, w, b)
             return z, vjp(dz)
 
-        fb = jax.jit(fwd_bwd)
+        fb = jit(fwd_bwd)
         runs[(name, "fwd")] = lambda n, f=fwd: jax.block_until_ready([f(x, w, b) for _ in range(n)])
         runs[(name, "fwd+bwd")] = lambda n, f=fb: jax.block_until_ready([f(x, w, b) for _ in range(n)])
     return runs

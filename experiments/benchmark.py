@@ -400,8 +400,10 @@ def jaxconv_resnet_step(x, y, impl="auto", sharded=False):
     return _stateful_runner(step, params, opt_state, state, *parallel.shard_batch(mesh, np.asarray(x), np.asarray(y)))
 
 
-def plain_jax_resnet_step(x, y, conv_impl=None):
-    """ResNet-20 written directly in jax.numpy, no jaxconv layers: lax convolutions (conv_impl=None) or jaxconv.conv.conv2d(impl=conv_impl), a hand BatchNorm."""
+def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
+    """ResNet-20 written directly in jax.numpy, no jaxconv layers: lax convolutions (conv_impl=None) or
+    jaxconv.conv.conv2d(impl=conv_impl), a hand BatchNorm. options=True: compiled with jaxconv's
+    `policy.compiler_options()`, as jaxconv's own steps are (the same algorithms), else with XLA's defaults."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -470,7 +472,9 @@ def plain_jax_resnet_step(x, y, conv_impl=None):
 
     optimizer = optax.adam(1e-3)
 
-    @partial(jax.jit, donate_argnums=(0, 1, 4))
+    from jaxconv.conv import policy
+
+    @partial(policy.jit if options else jax.jit, donate_argnums=(0, 1, 4))
     def step(params, opt_state, x, y, state):
         (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params, state, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -524,7 +528,8 @@ def resnet_contenders(batch, args, n_devices):
         ("jaxconv default", lambda x, y: jaxconv_resnet_step(x, y)),
         ("jaxconv impl=lax", lambda x, y: jaxconv_resnet_step(x, y, "lax")),
         ("plain JAX (lax conv)", plain_jax_resnet_step),
-        ("plain JAX (jaxconv conv2d)", lambda x, y: plain_jax_resnet_step(x, y, "auto")),
+        ("plain JAX (lax conv), jaxconv's compiler options", lambda x, y: plain_jax_resnet_step(x, y, options=True)),
+        ("plain JAX (jaxconv conv2d), jaxconv's compiler options", lambda x, y: plain_jax_resnet_step(x, y, "auto", True)),
     ]
     if n_devices > 1 and batch % n_devices == 0:
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_resnet_step(x, y, sharded=True)))
