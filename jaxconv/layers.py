@@ -562,7 +562,7 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None, compute_dtyp
             n = math.prod(x.shape[:-1])  # values per channel
             if n < 2:
                 raise ValueError(f"{op}: train mode needs more than 1 value per channel to estimate a variance, got x of shape {x.shape}; use a batch of m >= 2 or train=False.")
-            mean, var = x.mean(axes), x.var(axes)  # (n_C,), the biased variance normalises
+            y, mean, var = nn.batch_norm(*_to_compute(stat_dtype, x, params["gamma"], params["beta"]), eps)
             if state is not None:
                 batch_mean, batch_var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var) * (n / (n - 1))
                 state = {
@@ -576,8 +576,8 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None, compute_dtyp
                     f"pass state= (from init_state, updated by training steps), or train=True for batch statistics."
                 )
             mean, var = state["mean"], state["var"]
-        x, gamma, beta, mean, var = _to_compute(stat_dtype, x, params["gamma"], params["beta"], mean, var)
-        y = (x - mean) * jax.lax.rsqrt(var + eps) * gamma + beta
+            x, gamma, beta, mean, var = _to_compute(stat_dtype, x, params["gamma"], params["beta"], mean, var)
+            y = (x - mean) * jax.lax.rsqrt(var + eps) * gamma + beta
         if compute_dtype is not None:
             y = y.astype(compute_dtype)  # the next layer's input, in the compute dtype
         return y if state is None else (y, state)

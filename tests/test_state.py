@@ -103,6 +103,40 @@ def test_batchnorm_train_without_state_returns_only_y_and_normalises():
     np.testing.assert_allclose(y.var((0, 1, 2)), 1 - 1e-5 / (x.var((0, 1, 2)) + 1e-5), rtol=1e-6)  # eps in the denominator
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 3, 2), (5, 3)])
+def test_batch_norm_hand_backward_equals_autodiff_finite_differences_and_pytorch(shape):
+    """nn.batch_norm's hand-derived backward (what BatchNorm trains with) against autodiff of the
+    formula, central finite differences, and PyTorch's autograd; cotangents of μ and σ² included."""
+    from jaxconv import gradcheck, nn
+
+    x = jnp.asarray(rng_x(shape, 3) * 2 + 1)
+    n_C = shape[-1]
+    gamma, beta = jnp.linspace(0.5, 1.5, n_C, dtype=F64), jnp.linspace(-1, 1, n_C, dtype=F64)
+    dy = jnp.asarray(rng_x(shape, 4))
+
+    def formula(x, gamma, beta):  # the forward written out: autodiff's reference
+        axes = tuple(range(x.ndim - 1))
+        mean, var = x.mean(axes), x.var(axes)
+        return (x - mean) / jnp.sqrt(var + 1e-5) * gamma + beta, mean, var
+
+    def J(bn):  # a loss that reads y, μ and σ²
+        return lambda x, gamma, beta: (lambda y, m, v: jnp.sum(y * dy) + jnp.sum(m**2) + jnp.sum(jnp.cos(v)))(*bn(x, gamma, beta))
+
+    hand = jax.grad(J(nn.batch_norm), argnums=(0, 1, 2))(x, gamma, beta)
+    auto = jax.grad(J(formula), argnums=(0, 1, 2))(x, gamma, beta)
+    for h, a in zip(hand, auto):
+        np.testing.assert_allclose(h, a, rtol=1e-12, atol=1e-12)
+    gradcheck(J(nn.batch_norm), (x, gamma, beta), argnums=(0, 1, 2), reference=J(formula))
+    torch = pytest.importorskip("torch")
+    tx = torch.tensor(np.asarray(x), requires_grad=True)
+    tg, tb = torch.tensor(np.asarray(gamma), requires_grad=True), torch.tensor(np.asarray(beta), requires_grad=True)
+    ty = torch.nn.functional.batch_norm(tx.reshape(-1, n_C), None, None, tg, tb, training=True, eps=1e-5)
+    (ty.reshape(shape) * torch.tensor(np.asarray(dy))).sum().backward()
+    y_only = jax.grad(lambda x, g, b: jnp.sum(nn.batch_norm(x, g, b)[0] * dy), argnums=(0, 1, 2))(x, gamma, beta)
+    for h, t in zip(y_only, (tx.grad, tg.grad, tb.grad)):
+        np.testing.assert_allclose(h, t.numpy(), rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------
 # Dropout and keys.
 # ---------------------------------------------------------------------------
