@@ -309,7 +309,10 @@ def test_cli_two_processes_train_like_one_process_with_the_same_devices(tmp_path
     a, b = _params(str(tmp_path / "multi")), _params(str(tmp_path / "single"))
     assert a.keys() == b.keys() and len(a) == 10
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        # gloo's cross-process all-reduce sums in another order than the in-process one, and Adam's
+        # g / sqrt(v) magnifies that rounding for near-zero gradients: 2 of fc3's 48,000 weights
+        # differed by 1.7e-6 (session 6; also on session 5's code), so atol 1e-5 on weights ~0.1.
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_cli_summary_prints_the_lenet_table(tmp_path):
