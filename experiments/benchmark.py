@@ -401,8 +401,9 @@ def jaxconv_resnet_step(x, y, impl="auto", sharded=False):
 
 
 def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
-    """ResNet-20 written directly in jax.numpy, no jaxconv layers: lax convolutions (conv_impl=None) or
-    jaxconv.conv.conv2d(impl=conv_impl), a hand BatchNorm. options=True: compiled with jaxconv's
+    """ResNet-20 written directly in jax.numpy, no jaxconv layers: lax convolutions and BatchNorm written
+    out (conv_impl=None), or jaxconv.conv.conv2d(impl=conv_impl) and jaxconv.nn.batch_norm (the functions
+    jaxconv's layers run, without the layers: the BatchNorm/combinator overhead check). options=True: compiled with jaxconv's
     `policy.compiler_options()`, as jaxconv's own steps are (the same algorithms), else with XLA's defaults."""
     import jax
     import jax.numpy as jnp
@@ -410,6 +411,7 @@ def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
     from jax import lax
 
     from jaxconv.conv import conv2d
+    from jaxconv.nn import batch_norm
 
     def conv(w, h, stride):
         pad = (w.shape[0] - 1) // 2
@@ -418,11 +420,15 @@ def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
         return lax.conv_general_dilated(h, w, (stride, stride), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def bn(p, st, h):  # train mode: batch statistics, PyTorch's running update (momentum 0.1, unbiased var)
-        mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+        if conv_impl is not None:  # jaxconv's algorithms: its BatchNorm function (hand-derived backward) too
+            y, mean, var = batch_norm(h, p["gamma"], p["beta"], 1e-5)
+        else:  # written out, differentiated by JAX
+            mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+            y = (h - mean) * lax.rsqrt(var + 1e-5) * p["gamma"] + p["beta"]
         n = h.size // h.shape[-1]
         new = {"mean": 0.9 * st["mean"] + 0.1 * lax.stop_gradient(mean),
                "var": 0.9 * st["var"] + 0.1 * lax.stop_gradient(var) * (n / (n - 1))}
-        return (h - mean) * lax.rsqrt(var + 1e-5) * p["gamma"] + p["beta"], new
+        return y, new
 
     keys = iter(jax.random.split(jax.random.key(0), 32))
 
@@ -529,7 +535,7 @@ def resnet_contenders(batch, args, n_devices):
         ("jaxconv impl=lax", lambda x, y: jaxconv_resnet_step(x, y, "lax")),
         ("plain JAX (lax conv)", plain_jax_resnet_step),
         ("plain JAX (lax conv), jaxconv's compiler options", lambda x, y: plain_jax_resnet_step(x, y, options=True)),
-        ("plain JAX (jaxconv conv2d), jaxconv's compiler options", lambda x, y: plain_jax_resnet_step(x, y, "auto", True)),
+        ("plain JAX (jaxconv conv2d + batch_norm), jaxconv's compiler options", lambda x, y: plain_jax_resnet_step(x, y, "auto", True)),
     ]
     if n_devices > 1 and batch % n_devices == 0:
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_resnet_step(x, y, sharded=True)))
