@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input
+from jaxconv.conv.guard import all_finite
 
 
 def _tap(x_pad, i, j, n_out, s, d):
@@ -65,13 +66,20 @@ def _fwd(x, w, b, plan):
 
 
 def backward(plan: Plan, res, dZ):
-    """The transpose of `forward`, tap by tap:
+    """The transpose of `forward`, tap by tap. With P_ij = dZ placed back where tap_ij read it
+    (rows i·d_H + h·s_H, columns j·d_W + w·s_W of X_pad's grid, zeros elsewhere: lax.pad with
+    s − 1 interior zeros):
 
-    - dW[i, j, 0] = Σ_{m, h, w} tap_ij(X_pad) ⊙ dZ                        (n_C',)
-    - dX_pad += dZ ⊙ W[i, j, 0] placed back where tap_ij read it: rows i·d_H + h·s_H,
-      columns j·d_W + w·s_W (lax.pad with s − 1 interior zeros); dX = crop of dX_pad,
-      summed over each channel's k filters.
+    - dW[i, j, 0] = Σ_{m, h, w} tap_ij(X_pad) ⊙ dZ = Σ over X_pad's grid of X_pad ⊙ P_ij   (n_C',)
+    - dX_pad += P_ij ⊙ W[i, j, 0]; dX = crop of dX_pad, summed over each channel's k filters.
     - db = Σ_{m, h, w} dZ.
+
+    With stride 1, dW sums over the whole grid rather than over the tap's slice when X is
+    finite: the same products plus zeros, and XLA:CPU reduces two aligned arrays faster than
+    a slice (forward+backward of the (128, 32, 32, 32) layer: 71.9 -> 25.4 ms; of (128, 16, 16,
+    144): 72.7 -> 40.8). With a NaN or Inf in X, 0 · NaN would mark dW entries whose taps never
+    read it, so then (`lax.cond`) dW sums the tap's slice, exactly. Strided layers always sum
+    the slice: there P_ij is mostly interior zeros (stride 2: 105.7 ms against 73.3).
     """
     x, w, has_bias = res
     f_H, f_W, _, n_C_out = w.shape
@@ -83,19 +91,27 @@ def backward(plan: Plan, res, dZ):
     n_H_pad, n_W_pad = x_pad.shape[1:3]
     n_out = dZ.shape[1:3]
     dZa = dZ.astype(acc)
-    dW, dX_pad = [], None
+    dX_pad = None
     zero = jnp.zeros((), acc)
-    for i in range(f_H):
-        for j in range(f_W):
-            dW.append(jnp.sum(_tap(x_pad, i, j, n_out, s, d).astype(acc) * dZa, axis=(0, 1, 2)))  # (n_C',)
-            top, left = i * d[0], j * d[1]
-            span = ((n_out[0] - 1) * s[0] + 1, (n_out[1] - 1) * s[1] + 1)
-            placed = lax.pad(
-                dZa * w[i, j, 0].astype(acc),
-                zero,
-                ((0, 0, 0), (top, n_H_pad - top - span[0], s[0] - 1), (left, n_W_pad - left - span[1], s[1] - 1), (0, 0, 0)),
-            )  # (m, n_H_pad, n_W_pad, n_C')
-            dX_pad = placed if dX_pad is None else dX_pad + placed
+    x_acc = x_pad.astype(acc)
+    span = ((n_out[0] - 1) * s[0] + 1, (n_out[1] - 1) * s[1] + 1)
+
+    def placed(i, j):  # P_ij: (m, n_H_pad, n_W_pad, n_C'), a pad XLA fuses into its consumer
+        top, left = i * d[0], j * d[1]
+        rows, cols = (top, n_H_pad - top - span[0], s[0] - 1), (left, n_W_pad - left - span[1], s[1] - 1)
+        return lax.pad(dZa, zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
+
+    taps = [(i, j) for i in range(f_H) for j in range(f_W)]
+    sliced = lambda i, j: jnp.sum(_tap(x_acc, i, j, n_out, s, d) * dZa, axis=(0, 1, 2))  # noqa: E731  (n_C',)
+    dW = []
+    for i, j in taps:
+        if s != (1, 1):  # with a stride, P_ij is mostly interior zeros: the slice costs less than the whole grid
+            dW.append(sliced(i, j))
+        term = placed(i, j) * w[i, j, 0].astype(acc)
+        dX_pad = term if dX_pad is None else dX_pad + term
+    if s == (1, 1):
+        grid = lambda: [jnp.sum(x_acc * placed(i, j), axis=(0, 1, 2)) for i, j in taps]  # noqa: E731
+        dW = lax.cond(all_finite(x), grid, lambda: [sliced(i, j) for i, j in taps])
     if k > 1:
         dX_pad = dX_pad.reshape(m, n_H_pad, n_W_pad, n_C, k).sum(-1)
     dX = crop(dX_pad, plan.pads, x.shape).astype(x.dtype)
