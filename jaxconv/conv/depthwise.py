@@ -71,7 +71,7 @@ def backward(plan: Plan, res, dZ):
     s − 1 interior zeros):
 
     - dW[i, j, 0] = Σ_{m, h, w} tap_ij(X_pad) ⊙ dZ = Σ over X_pad's grid of X_pad ⊙ P_ij   (n_C',)
-    - dX_pad += P_ij ⊙ W[i, j, 0]; dX = crop of dX_pad, summed over each channel's k filters.
+    - dX_pad += (dZ ⊙ W[i, j, 0]) placed like P_ij; dX = crop of dX_pad, summed over each channel's k filters.
     - db = Σ_{m, h, w} dZ.
 
     With stride 1, dW sums over the whole grid rather than over the tap's slice when X is
@@ -96,10 +96,10 @@ def backward(plan: Plan, res, dZ):
     x_acc = x_pad.astype(acc)
     span = ((n_out[0] - 1) * s[0] + 1, (n_out[1] - 1) * s[1] + 1)
 
-    def placed(i, j):  # P_ij: (m, n_H_pad, n_W_pad, n_C'), a pad XLA fuses into its consumer
+    def placed(i, j, v):  # v (dZ or a multiple of it) placed as P_ij: (m, n_H_pad, n_W_pad, n_C'), a fusible pad
         top, left = i * d[0], j * d[1]
         rows, cols = (top, n_H_pad - top - span[0], s[0] - 1), (left, n_W_pad - left - span[1], s[1] - 1)
-        return lax.pad(dZa, zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
+        return lax.pad(v, zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
 
     taps = [(i, j) for i in range(f_H) for j in range(f_W)]
     sliced = lambda i, j: jnp.sum(_tap(x_acc, i, j, n_out, s, d) * dZa, axis=(0, 1, 2))  # noqa: E731  (n_C',)
@@ -107,10 +107,10 @@ def backward(plan: Plan, res, dZ):
     for i, j in taps:
         if s != (1, 1):  # with a stride, P_ij is mostly interior zeros: the slice costs less than the whole grid
             dW.append(sliced(i, j))
-        term = placed(i, j) * w[i, j, 0].astype(acc)
+        term = placed(i, j, dZa * w[i, j, 0].astype(acc))  # scaled before placing: fewer products with a stride
         dX_pad = term if dX_pad is None else dX_pad + term
     if s == (1, 1):
-        grid = lambda: [jnp.sum(x_acc * placed(i, j), axis=(0, 1, 2)) for i, j in taps]  # noqa: E731
+        grid = lambda: [jnp.sum(x_acc * placed(i, j, dZa), axis=(0, 1, 2)) for i, j in taps]  # noqa: E731
         dW = lax.cond(all_finite(x), grid, lambda: [sliced(i, j) for i, j in taps])
     if k > 1:
         dX_pad = dX_pad.reshape(m, n_H_pad, n_W_pad, n_C, k).sum(-1)
