@@ -7,7 +7,9 @@ strided slices of X_pad:
     Z[m, h, w, o] = b[o] + Σ_{i, j} X_pad[m, h·s_H + i·d_H, w·s_W + j·d_W, c(o)] · W[i, j, 0, o]
 
 No matmul (there is nothing to contract), no gathered patches; every product reads a pixel of its
-window only, so NaN and Inf spread exactly as in the direct sum (no guard needed).
+window only, so NaN and Inf spread exactly as in the direct sum (no guard needed) — except the
+stride-1 weight gradient's fast form, which sums over the whole padded grid and so runs only for
+finite inputs (`backward`).
 """
 
 from __future__ import annotations
