@@ -555,10 +555,9 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None, compute_dtyp
         _check_params(op, params, ("gamma", "beta"))
         if state is not None:
             _check_params(op, state, ("mean", "var"), what="state", fix="pass the state that init_state returned")
-        axes = tuple(range(x.ndim - 1))  # every axis but n_C
         if stat_dtype is not None:
             x = jnp.asarray(x).astype(stat_dtype)  # statistics and normalisation in float32 (or wider)
-        if train:
+        if train:  # statistics over every axis but n_C
             n = math.prod(x.shape[:-1])  # values per channel
             if n < 2:
                 raise ValueError(f"{op}: train mode needs more than 1 value per channel to estimate a variance, got x of shape {x.shape}; use a batch of m >= 2 or train=False.")
