@@ -10,6 +10,11 @@ Models with BatchNorm or Dropout (`uses_train_mode`) train in train mode with
 their state and a per-step key, and are evaluated in eval mode (running
 statistics, no dropout); see README, "Training models with state".
 
+The training set is put on the device once; each step's batch is cut from it,
+shuffled and shifted there (`data.take_batch`, the batches `data.batches` and
+`data.random_shift` would give), so the host queues steps without waiting for
+them. The steps are compiled with `conv.policy.compiler_options()`.
+
 Runs you can trust:
 - The checkpoint is the one source of truth. Each epoch is evaluated before
   it is saved, and its metrics line is saved inside the checkpoint; then
