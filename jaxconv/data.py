@@ -608,7 +608,7 @@ def _batch_taker(B: int, s: int):
         xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
         if s == 0:
             return xb, yb
-        shifts = jax.random.randint(key, (B, 2), -s, s + 1)  # random_shift's draw: (dy, dx) per image
+        shifts = _shift_sampler(B, s)(key)  # random_shift's own draw: (dy, dx) per image
         _, H, W, C = xb.shape
         padded = jnp.pad(xb, ((0, 0), (s, s), (s, s), (0, 0)))
         window = lambda img, d: jax.lax.dynamic_slice(img, (s - d[0], s - d[1], 0), (H, W, C))  # noqa: E731
