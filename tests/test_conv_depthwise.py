@@ -71,7 +71,7 @@ def test_nan_and_inf_spread_as_in_the_direct_sum(where):
     """Both read window pixels only, so a NaN/Inf reaches exactly the outputs and gradients of the direct sum,
     which im2col gives (tests/test_conv_algorithms.py checks im2col against lax), without a guard. (lax's CPU
     grouped convolution spreads a NaN to every channel of the group-masked dense filter: not the reference here.)"""
-    for algorithm, (xs, ws, kw) in (("depthwise", DEPTHWISE[1]), ("pointwise", POINTWISE[1])):
+    for algorithm, (xs, ws, kw) in (("depthwise", DEPTHWISE[0]), ("depthwise", DEPTHWISE[1]), ("pointwise", POINTWISE[1])):
         x, w, _ = _data(xs, ws, seed=1)
         x = x.at[0, 3, 2, 1].set(jnp.nan if where == "x" else x[0, 3, 2, 1])  # read by both strides
         z_shape = conv_geometry(xs, ws, **kw)[4]
@@ -87,7 +87,7 @@ def test_nan_and_inf_spread_as_in_the_direct_sum(where):
         for name, a, r in zip(("Z", "dX", "dW"), got, want):
             assert np.array_equal(np.isnan(a), np.isnan(r)) and np.array_equal(np.isinf(a), np.isinf(r)), (algorithm, where, name)
         assert not np.isfinite(got[1 if where == "dZ" else 0]).all(), (algorithm, where)  # the case spreads something
-        if algorithm == "depthwise" and where == "x":  # by hand: only channel 1's outputs, rows/columns whose window holds (3, 2)
+        if (xs, ws, kw) == DEPTHWISE[1] and where == "x":  # by hand: only channel 1's outputs, rows/columns whose window holds (3, 2)
             z = run(impl="hand", algorithm=algorithm)[0]
             assert np.argwhere(np.isnan(z)).tolist() == [[0, 1, 1, 1], [0, 2, 1, 1]]
 
