@@ -177,13 +177,22 @@ def test_rows_block_choice():
     assert conv.rows_block((128, 32, 32, 1), (5, 5, 1, 6), full) == 4
     assert conv.rows_block((-1, 32, 32, 1), (5, 5, 1, 6), full) == 4  # shape-only init
     assert conv.rows_block((512, 32, 32, 1), (5, 5, 1, 6), full) == 28
-    assert conv.rows_block((128, 14, 14, 6), (5, 5, 6, 16), full) == 10  # conv2: 2.8x, one block
+    # conv2: 14/5 = 2.8x -> two halves of 5 columns (9/5 = 1.8x); the notes' conv2 has 13 (odd): one block
+    assert conv.rows_block((128, 14, 14, 6), (5, 5, 6, 16), full) == 5
+    assert conv.rows_block((128, 17, 17, 8), (5, 5, 8, 16), full) == 13
+    assert conv.rows_block((128, 12, 12, 6), (5, 5, 6, 16), full) == 4  # 12/5 = 2.4x: halves of 4
+    assert conv.rows_block((128, 10, 10, 6), (5, 5, 6, 16), full) == 6  # 10/5 = 2x, not above 2: one block
+    assert conv.rows_block((512, 14, 14, 6), (5, 5, 6, 16), full) == 10  # 5120 rows: one block
     # impl="hand" uses the blocked form for a conv1-like layer at batch 2, and it equals lax.
     assert conv.rows_block((2, 32, 32, 1), (5, 5, 1, 3), full) == 4
-    x, w, b = _data((2, 32, 32, 1), (5, 5, 1, 3), seed=6)
-    g = jax.grad(lambda w: jnp.sum(conv2d(x, w, b, impl="hand") ** 2))(w)
-    g_lax = jax.grad(lambda w: jnp.sum(conv2d(x, w, b, impl="lax") ** 2))(w)
-    np.testing.assert_allclose(g, g_lax, **TOL)
+    # ... and the halves for a conv2-like layer (dX too: its column groups span the two blocks)
+    assert conv.rows_block((2, 14, 14, 2), (5, 5, 2, 3), full) == 5
+    for x_shape, w_shape in (((2, 32, 32, 1), (5, 5, 1, 3)), ((2, 14, 14, 2), (5, 5, 2, 3))):
+        x, w, b = _data(x_shape, w_shape, seed=6)
+        g = jax.grad(lambda x, w: jnp.sum(conv2d(x, w, b, impl="hand") ** 2), argnums=(0, 1))(x, w)
+        g_lax = jax.grad(lambda x, w: jnp.sum(conv2d(x, w, b, impl="lax") ** 2), argnums=(0, 1))(x, w)
+        for a, r in zip(g, g_lax):
+            np.testing.assert_allclose(a, r, **TOL)
 
 
 def test_hand_algorithm_choice_per_layer():

@@ -36,6 +36,10 @@ TUNED = {
     "rows_block_waste": 4,
     # ... while the matmul has at most this many rows m·n_H'. Row: benchmark.py LeNet-5 batch 128 vs 512.
     "rows_block_max_m": 4096,
+    # rows in two halves of n_W'/2 columns (n_W' even) above this band waste. Rows: LeNet-5 step A/Bs, conv2
+    # (14 padded columns, 5x5: waste 2.8) in halves 0.91x the unblocked step's time at batch 512 (blocks of 4: 0.92x,
+    # of 2: 0.96x, of 3 with padding: 1.01x); the notes' network's conv2 (13 columns, odd) in blocks of 4: 1.17x, of 7: 1.02x.
+    "rows_halves_waste": 2,
     # rows dX in two column groups when they skip >= 1/4 of the band. Row: benchmark.py LeNet-5 A/B, conv2.
     "rows_dx_max_fraction": 0.75,
     # auto uses taps only for at most this many taps f_H·f_W. Row: bench_conv.py --more, 5x5 wide layers.
@@ -155,14 +159,21 @@ def hand_algorithm(x_shape, w_shape, geom) -> str:
 
 
 def rows_block(x_shape, w_shape, pads) -> int:
-    """B, the output columns per block of the rows algorithm: f_W − 1 or all n_W' of them."""
+    """B, the output columns per block of the rows algorithm: f_W − 1, half of n_W', or all n_W' of them.
+
+    Blocks of f_W − 1 above TUNED["rows_block_waste"], two halves (n_W' even) above
+    TUNED["rows_halves_waste"], each while the matmul has at most TUNED["rows_block_max_m"] rows.
+    """
     f_H, f_W = w_shape[:2]
     n_H_pad, n_W_pad = padded_size(x_shape, pads)
     n_H_out = n_H_pad - f_H + 1
     full = n_W_pad - f_W + 1
-    wasteful = n_W_pad > TUNED["rows_block_waste"] * f_W
-    if f_W > 1 and wasteful and max(x_shape[0], 1) * n_H_out <= TUNED["rows_block_max_m"]:
+    if f_W == 1 or max(x_shape[0], 1) * n_H_out > TUNED["rows_block_max_m"]:
+        return full
+    if n_W_pad > TUNED["rows_block_waste"] * f_W:
         return min(f_W - 1, full)
+    if n_W_pad > TUNED["rows_halves_waste"] * f_W and full % 2 == 0:
+        return full // 2
     return full
 
 
