@@ -129,3 +129,25 @@ def test_mobilenet_block_auto_equals_lax():
     assert outs[0][1].shape == (2, 4, 4, 6)
     for a, r in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
         np.testing.assert_allclose(a, r, **TOL)
+
+
+@pytest.mark.parametrize("batched", ["x", "w"])
+def test_backward_under_vmap(batched):
+    """Per-example gradients (vmap over x) and ensembles (vmap over w) equal the unbatched backward run one
+    by one, and the backward's cond (`depthwise._on_buffers`) stays a cond: as a select it would run twice."""
+    xs, ws, kw = DEPTHWISE[0]
+    x, w, _ = _data(xs, ws, seed=3)
+    grad = jax.grad(lambda w, x1: jnp.sum(conv2d(x1[None], w, **kw, impl="hand", algorithm="depthwise") ** 2), argnums=(0, 1))
+    if batched == "x":
+        args, axes = (w, x), (None, 0)
+        want = [grad(w, x[i]) for i in range(len(x))]
+    else:
+        ws_ = jnp.stack([w, 2 * w])
+        args, axes = (ws_, x[0]), (0, None)
+        want = [grad(ws_[i], x[0]) for i in range(2)]
+    got = jax.vmap(grad, in_axes=axes)(*args)
+    for i, (dw, dx) in enumerate(want):
+        np.testing.assert_allclose(got[0][i], dw, **TOL)
+        np.testing.assert_allclose(got[1][i], dx, **TOL)
+    jaxpr = str(jax.make_jaxpr(jax.vmap(grad, in_axes=axes))(*args))
+    assert "cond[" in jaxpr and "select_n" not in jaxpr, batched
