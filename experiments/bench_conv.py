@@ -165,7 +165,13 @@ def measure(args):
     rows = []
     from jaxconv import conv
 
-    for layer, x_shape, w_shape, padding, stride, groups in layers(args.batch, args.quick, args.more, args.resnet):
+    chosen = layers(args.batch, args.quick, args.more, args.resnet)
+    if args.layers:
+        chosen = [c for c in chosen if any(want.lower() in c[0].lower() for want in args.layers)]
+        if not chosen:
+            names = [c[0] for c in layers(args.batch, args.quick, args.more, args.resnet)]
+            raise SystemExit(f"error: --layers {args.layers} matches none of the layers {names}; pass parts of their names.")
+    for layer, x_shape, w_shape, padding, stride, groups in chosen:
         geom = conv.conv_geometry(x_shape, w_shape, padding=padding, stride=stride, groups=groups)[:4]
         auto = conv.resolve_impl("auto", x_shape, w_shape, geom)
         runs = jax_contenders(x_shape, w_shape, padding, stride, groups, autodiff=not args.resnet)
@@ -206,6 +212,8 @@ def main(argv=None):
     parser.add_argument("--more", action="store_true", help="also the layers behind impl='auto''s choice between taps and lax")
     parser.add_argument("--resnet", action="store_true",
                         help="instead: ResNet-20's convolutions (3x3, strided 3x3, 1x1 stride-2) and depthwise 3x3 layers, at --batch")
+    parser.add_argument("--layers", nargs="+", metavar="NAME",
+                        help="only the layers whose name contains one of these (case-insensitive), e.g. --resnet --layers dw s2")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds, for tests")
     parser.add_argument("--out", default="results/bench_conv", help="folder for bench_conv.csv/.json")
     args = parser.parse_args(argv)

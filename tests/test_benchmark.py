@@ -179,6 +179,16 @@ def test_benchmark_resnet20_quick(tmp_path):
         assert r["batch"] == 4 and r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])
 
 
+def test_bench_conv_layers_filter(tmp_path):
+    """--layers keeps the layers whose name holds one of the words (any case), and names the layers when none match."""
+    _run("bench_conv.py", tmp_path, "--no-torch", "--layers", "CONV2", "wide")
+    rows = json.loads((tmp_path / "bench_conv.json").read_text())["rows"]
+    assert {r["layer"] for r in rows} == {"conv2", "wide3x3"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_conv.py"), "--quick", "--no-torch",
+                           "--layers", "nope", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "matches none of the layers" in proc.stderr and "conv1" in proc.stderr
+
+
 @pytest.mark.slow
 def test_bench_conv_resnet_quick(tmp_path):
     _run("bench_conv.py", tmp_path, "--no-torch", "--resnet")
