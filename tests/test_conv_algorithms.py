@@ -1,5 +1,6 @@
 """The hand-rolled algorithm as a public choice: conv2d(..., impl="hand", algorithm=...)."""
 
+import math
 import re
 from functools import partial
 
@@ -8,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxconv import Conv2D
-from jaxconv.conv import ALGORITHMS, IMPLS, conv2d
+from jaxconv import Conv2D, conv
+from jaxconv.conv import ALGORITHMS, IMPLS, conv2d, guard
 
 F64 = jnp.float64
 TOL = dict(rtol=1e-10, atol=1e-10)  # float64: the algorithms differ from lax only by rounding
@@ -117,10 +118,14 @@ def test_every_algorithm_gives_lax_nan_and_inf_pattern(where):
             assert np.array_equal(inf_g, inf_w), (impl, algorithm, name, "Inf", inf_g.sum(), inf_w.sum())
 
 
-@pytest.mark.parametrize("m", [24, 6])  # chunks of gcd(m, 16) = 8 and 2 examples
-def test_the_exact_branch_keeps_every_example_in_its_place(m):
-    """A batch with one non-finite example runs the guard's im2col branch over strided chunks: every example's
-    output and gradient must come back in its own place, equal to lax's in value and NaN pattern (float64)."""
+@pytest.mark.parametrize("m, chunked", [(24, True), (6, True), (24, False)])  # chunks of gcd(m, 16) = 8 and 2, or all m
+def test_the_exact_branch_keeps_every_example_in_its_place(m, chunked, monkeypatch):
+    """A batch with one non-finite example runs the guard's im2col branch over strided chunks (patches above
+    TUNED["guard_whole_batch_bytes"]) or the whole batch: every example's output and gradient must come back
+    in its own place, equal to lax's in value and NaN pattern (float64)."""
+    if chunked:
+        monkeypatch.setitem(conv.TUNED, "guard_whole_batch_bytes", 0)
+    assert guard._chunk_size((m, 7, 7, 2), (3, 3, 2, 3), conv.Plan(((0, 0), (0, 0)))) == (math.gcd(m, 16) if chunked else m)
     x, w, b = _data(4, (m, 7, 7, 2), (3, 3, 2, 3))
     x = x.at[m // 2, 3, 4, 1].set(jnp.nan)
     g = jax.random.normal(jax.random.key(5), (m, 5, 5, 3), F64)

@@ -7,7 +7,8 @@ never saw the bad pixel. im2col's patches hold only window pixels, so it gives
 the direct sum's (and lax's) NaN/Inf pattern. `guarded` runs the fast algorithm
 when its inputs are finite and im2col otherwise, forward (x, w) and backward
 (x, w, dZ), with `lax.cond`; the im2col branch runs over strided chunks of at
-most 16 examples (`exact`, `exact_grads`), so that it adds little to the
+most 16 examples (`exact`, `exact_grads`; the whole batch when its patches are
+small, which compiles faster: `_chunk_size`), so that it adds little to the
 compiled step's memory and moves no data between the devices of a sharded
 batch. It builds im2col's patches with one gather and differentiates it with
 `jax.vjp` (`_im2col`): the same products as im2col.py's forward and
@@ -29,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
-from jaxconv.conv.geometry import Plan, acc_dtype, out_size, pad_input
+from jaxconv.conv.geometry import Plan, acc_dtype, out_size, pad_input, padded_size
 from jaxconv.conv.shard import same_varying_axes
 
 
@@ -59,8 +60,17 @@ def _unchunk(a):
     return jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:])
 
 
-def _chunk_size(m):
-    return math.gcd(m, 16)  # a power of two: a whole number of examples per device on 1, 2, 4, 8 or 16 devices
+def _chunk_size(x_shape, w_shape, plan: Plan):
+    """Examples per chunk of the im2col branch: the whole batch while its patches fit
+    TUNED["guard_whole_batch_bytes"] (one chunk: XLA drops the loop, and the branch compiles in
+    less time), else gcd(m, 16), a power of two: a whole number of examples per device on 1, 2,
+    4, 8 or 16 devices."""
+    from jaxconv.conv.policy import TUNED  # policy imports this module
+
+    m = x_shape[0]
+    n_out = out_size(padded_size(x_shape, plan.pads), w_shape[:2], plan.stride, plan.dilation)
+    patch_bytes = 4 * m * n_out[0] * n_out[1] * w_shape[0] * w_shape[1] * x_shape[3]
+    return m if patch_bytes <= TUNED["guard_whole_batch_bytes"] else math.gcd(m, 16)
 
 
 def _im2col(x, w, b, plan: Plan):
@@ -87,7 +97,8 @@ def _im2col(x, w, b, plan: Plan):
 
 
 def exact(x, w, b, plan: Plan):
-    """im2col over strided chunks of at most 16 examples (`lax.map`): the forward that non-finite inputs take.
+    """im2col over strided chunks of at most 16 examples (`lax.map`), or over the whole batch while its patches
+    are small (`_chunk_size`): the forward that non-finite inputs take.
 
     Chunks keep this branch's working memory to a few images' patches. Finite
     inputs never run it, but XLA sizes the step's temporary buffer for both
@@ -95,7 +106,7 @@ def exact(x, w, b, plan: Plan):
     that buffer past glibc's mmap threshold, and every step then page-faulted it
     in afresh (4,454 faults, 1.28x the unguarded step's time).
     """
-    z = lax.map(lambda x_c: _im2col(x_c, w, b, plan), _chunks(x, _chunk_size(x.shape[0])))
+    z = lax.map(lambda x_c: _im2col(x_c, w, b, plan), _chunks(x, _chunk_size(x.shape, w.shape, plan)))
     return _unchunk(z)
 
 
@@ -109,7 +120,7 @@ def exact_grads(x, w, dZ, plan: Plan):
         dX_c, dW_c = jax.vjp(lambda x_c, w: _im2col(x_c, w, None, plan), x_c, w)[1](dZ_c)
         return dW + dW_c.astype(dW.dtype), dX_c
 
-    K = _chunk_size(x.shape[0])
+    K = _chunk_size(x.shape, w.shape, plan)
     zero = same_varying_axes(jnp.zeros(w.shape, acc_dtype(w.dtype)), w)[0]  # under shard_map, typed as varying as w
     dW, dX = lax.scan(chunk, zero, (_chunks(x, K), _chunks(dZ, K)))
     return _unchunk(dX), dW.astype(w.dtype)

@@ -65,6 +65,12 @@ TUNED = {
     # with the options (1.01-2.04x, six layers), but the ResNet-20 step with lax there ran 803 ms against 639 ms
     # (9-round A/B): XLA then fused the BatchNorm/residual chains into slow transposes for lax's weight gradient.
     "lax_min_channels": 8,
+    # The NaN guard's im2col branch (never run on finite data) over the whole batch while its patches take at most
+    # this many bytes, else in chunks of 16 examples. Rows: LeNet-5's step at batch 32 compiles in 1.18 s whole
+    # against 1.42-1.55 s in chunks (its patches: 2.5 MB); LeNet-5 at batch 128 (10 MB) keeps chunks: at batch 512
+    # whole-batch patches (40 MB) made every step fault in a buffer
+    # past glibc's mmap threshold (1.28x the step's time, README).
+    "guard_whole_batch_bytes": 4 << 20,
     # XLA:CPU's libraries for jaxconv's compiled steps (`compiler_options`): dots and reductions on YNNPACK,
     # convolutions on XLA's own multi-threaded (Eigen) runtime. jaxlib 0.10's default also gives YNNPACK the
     # convolutions, and it ran ResNet-20's 32- and 64-channel layers on one of the two cores. Rows: benchmark.py
