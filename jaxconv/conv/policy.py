@@ -66,11 +66,12 @@ TUNED = {
     # (9-round A/B): XLA then fused the BatchNorm/residual chains into slow transposes for lax's weight gradient.
     "lax_min_channels": 8,
     # The NaN guard's im2col branch (never run on finite data) over the whole batch while its patches take at most
-    # this many bytes, else in chunks of 16 examples. Rows: LeNet-5's step at batch 32 compiles in 1.18 s whole
-    # against 1.42-1.55 s in chunks (its patches: 2.5 MB); LeNet-5 at batch 128 (10 MB) keeps chunks: at batch 512
-    # whole-batch patches (40 MB) made every step fault in a buffer
-    # past glibc's mmap threshold (1.28x the step's time, README).
-    "guard_whole_batch_bytes": 4 << 20,
+    # this many bytes, else in chunks of 16 examples. Rows: LeNet-5's step compiles in 1.18 s at batch 32 (patches
+    # 2.5 MB) against 1.42-1.55 s in chunks; first step at batch 128 (conv1's patches 10 MB) 1.65 -> 1.27 s and at 512
+    # (chunks of 128) 2.17 -> 1.78 s, step time 0.98x, with or without `reuse_host_memory` (minor faults per step
+    # 26-73, not the 4,454 of the whole-batch branch at batch 512, 40 MB, which made the step 1.28x slower). The
+    # step's temporary buffer: 21 MB at batch 128 (10 MB chunked), 29 MB at 512 (18): under glibc's 32 MiB mmap ceiling.
+    "guard_whole_batch_bytes": 24 << 20,
     # XLA:CPU's libraries for jaxconv's compiled steps (`compiler_options`): dots and reductions on YNNPACK,
     # convolutions on XLA's own multi-threaded (Eigen) runtime. jaxlib 0.10's default also gives YNNPACK the
     # convolutions, and it ran ResNet-20's 32- and 64-channel layers on one of the two cores. Rows: benchmark.py
