@@ -36,8 +36,10 @@ from jaxconv.conv.shard import same_varying_axes
 
 def all_finite(*arrays):
     """True when every entry is finite. A sum is non-finite if any term is (NaN, ±Inf, or an overflow, which
-    only sends a finite input to im2col: still exact), and one reduction is the cheapest pass over the data."""
-    return _finite(sum(jnp.sum(a, dtype=jnp.float32) for a in arrays if a is not None))
+    only sends a finite input to im2col: still exact), and one reduction is the cheapest pass over the data.
+    The answer is a branch's predicate, never differentiated (stop_gradient): without it, differentiating a
+    backward that holds it (second-order gradients) failed in `_finite`'s custom vmap."""
+    return _finite(sum(jnp.sum(lax.stop_gradient(a), dtype=jnp.float32) for a in arrays if a is not None))
 
 
 @custom_vmap
