@@ -31,6 +31,7 @@ from jax import lax
 from jax.custom_batching import custom_vmap
 
 from jaxconv.conv.geometry import Plan, acc_dtype, out_size, pad_input, padded_size
+from jaxconv.conv.policy import TUNED
 from jaxconv.conv.shard import same_varying_axes
 
 
@@ -63,12 +64,10 @@ def _unchunk(a):
 
 
 def _chunk_size(x_shape, w_shape, plan: Plan):
-    """Examples per chunk of the im2col branch: the whole batch while its patches fit
-    TUNED["guard_whole_batch_bytes"] (one chunk: XLA drops the loop, and the branch compiles in
+    """Examples per chunk of the im2col branch: the whole batch while its patches (counted as float32)
+    fit TUNED["guard_whole_batch_bytes"] (one chunk: XLA drops the loop, and the branch compiles in
     less time), else gcd(m, 16), a power of two: a whole number of examples per device on 1, 2,
     4, 8 or 16 devices."""
-    from jaxconv.conv.policy import TUNED  # policy imports this module
-
     m = x_shape[0]
     n_out = out_size(padded_size(x_shape, plan.pads), w_shape[:2], plan.stride, plan.dilation)
     patch_bytes = 4 * m * n_out[0] * n_out[1] * w_shape[0] * w_shape[1] * x_shape[3]
