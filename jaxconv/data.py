@@ -23,7 +23,9 @@ Labels outside 0..9 are refused by every loader.
 keeping the last, smaller batch unless told otherwise, and can start in the
 middle of an epoch to resume a run. `take_batch()` makes the same
 batch (shuffled and shifted alike) on the device, for a training loop whose
-data stay there.
+data stay there. `jaxconv train` draws each epoch's shuffle and shifts on the
+host with NumPy instead (`epoch_draws()`: nothing to compile) and cuts each
+step's batch inside its compiled step (`cut_batch()`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ __all__ = [
     "Dataset",
     "DatasetEntry",
     "batches",
+    "cut_batch",
+    "epoch_draws",
     "load_cifar10",
     "load_digits",
     "load_mnist",
@@ -608,13 +612,82 @@ def _batch_taker(B: int, s: int):
         xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
         if s == 0:
             return xb, yb
-        shifts = _shift_sampler(B, s)(key)  # random_shift's own draw: (dy, dx) per image
-        _, H, W, C = xb.shape
-        padded = jnp.pad(xb, ((0, 0), (s, s), (s, s), (0, 0)))
-        window = lambda img, d: jax.lax.dynamic_slice(img, (s - d[0], s - d[1], 0), (H, W, C))  # noqa: E731
-        return jax.vmap(window)(padded, shifts), yb
+        return _shifted(xb, _shift_sampler(B, s)(key), s), yb  # random_shift's own draw: (dy, dx) per image
 
     return jax.jit(take)
+
+
+def _shifted(x, shifts, s: int):
+    """Image i of x (m, n_H, n_W, n_C) moved by shifts[i] = (dy, dx), |dy|, |dx| <= s, zero fill: traceable JAX."""
+    import jax
+    import jax.numpy as jnp
+
+    _, H, W, C = x.shape
+    padded = jnp.pad(x, ((0, 0), (s, s), (s, s), (0, 0)))
+    window = lambda img, d: jax.lax.dynamic_slice(img, (s - d[0], s - d[1], 0 * d[0]), (H, W, C))  # noqa: E731
+    return jax.vmap(window)(padded, jnp.asarray(shifts, jnp.int32))
+
+
+def epoch_draws(seed: int, epoch: int, m: int, batch_size: int, max_shift: int = 0):
+    """An epoch's shuffle and every step's shifts, drawn on the host by NumPy from (seed, epoch).
+
+    The draws of `jaxconv train`: nothing is compiled (jax.random's permutation
+    and randint took ~0.6 s of XLA compilation at a run's start), and the same
+    (seed, epoch) gives the same draws on every host and process, so a resumed
+    run and every process of a data-parallel run agree. Each epoch has its own
+    stream, `numpy.random.SeedSequence(seed mod 2**64, spawn_key=(epoch,))`.
+
+    Args:
+      seed: the run's seed (any int).
+      epoch: the epoch, >= 0.
+      m: training examples.
+      batch_size: B; the epoch has m // B full batches (the rest sit it out).
+      max_shift: largest shift in pixels, >= 0.
+
+    Returns:
+      (order, shifts): int32 NumPy arrays (m,), a permutation of range(m), and
+      (m // B, B, 2), batch k's (dy, dx) per image, each in [-max_shift, max_shift]
+      (all 0 when max_shift is 0). Batch k holds examples order[k*B:(k+1)*B]:
+      `cut_batch` makes it.
+    """
+    op = "epoch_draws"
+    seed = _int(seed, "seed", op)
+    epoch = _int(epoch, "epoch", op, minimum=0)
+    m = _int(m, "m", op, minimum=1)
+    batch_size = _int(batch_size, "batch_size", op, minimum=1)
+    max_shift = _int(max_shift, "max_shift", op, minimum=0)
+    if batch_size > m:
+        raise ValueError(f"{op}: `batch_size`={batch_size} is larger than the m={m} examples; use batch_size <= m.")
+    rng = np.random.default_rng(np.random.SeedSequence(seed % (1 << 64), spawn_key=(epoch,)))
+    order = rng.permutation(m).astype(np.int32)
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(m // batch_size, batch_size, 2), dtype=np.int32)
+    return order, shifts
+
+
+def cut_batch(x, y, order, shifts, k, batch_size: int, max_shift: int):
+    """Batch k of an epoch drawn by `epoch_draws`, as traceable JAX code (for inside a compiled step).
+
+    x_batch[i] = x[order[k*B + i]] moved by shifts[k, i] = (dy, dx) with zero fill
+    (the pixel at (r, c) goes to (r + dy, c + dx)), y_batch[i] = y[order[k*B + i]].
+    `jaxconv train` runs it inside its compiled step, with x and y on the device: one
+    program per step and no host round trip.
+
+    Args:
+      x: (m, n_H, n_W, n_C); y: (m,) or (m, K); order: (m,) int; shifts: (m // B, B, 2) int.
+      k: the batch (an int or a traced int scalar), 0 <= k < m // B; not checked when traced.
+      batch_size: B (static). max_shift: the largest |dy|, |dx| in shifts (static), 0 for no shifts.
+
+    Returns:
+      (x_batch, y_batch): (B, n_H, n_W, n_C) and (B, ...).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    idx = jax.lax.dynamic_slice_in_dim(order, k * batch_size, batch_size)
+    xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
+    if max_shift == 0:
+        return xb, yb
+    return _shifted(xb, jax.lax.dynamic_index_in_dim(shifts, k, keepdims=False), max_shift), yb
 
 
 def num_batches(m: int, batch_size: int, drop_last: bool = False) -> int:

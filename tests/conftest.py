@@ -39,21 +39,27 @@ import pytest  # noqa: E402  (after the configuration above, which must precede 
 @pytest.fixture
 def interrupt_at_step(monkeypatch):
     """interrupt_at_step(n, message=None): the n-th training step of `fit` raises KeyboardInterrupt (a crash or a
-    Ctrl-C mid-epoch, raised from the batch's data.take_batch). Returns a function that takes the fault away."""
-    from jaxconv import data
+    Ctrl-C mid-epoch, raised as the loop calls its compiled step, `loop._loop_step`'s). Returns a function that takes
+    the fault away."""
+    from jaxconv import loop
 
-    real_take = data.take_batch
+    real_loop_step = loop._loop_step
 
     def arm(n, message=None):
         calls = []
 
-        def take(*args):
-            calls.append(1)
-            if len(calls) == n:
-                raise KeyboardInterrupt(*([message] if message else []))
-            return real_take(*args)
+        def loop_step(*args):
+            run = real_loop_step(*args)
 
-        monkeypatch.setattr(data, "take_batch", take)
-        return lambda: monkeypatch.setattr(data, "take_batch", real_take)
+            def interrupted(*step_args):
+                calls.append(1)
+                if len(calls) == n:
+                    raise KeyboardInterrupt(*([message] if message else []))
+                return run(*step_args)
+
+            return interrupted
+
+        monkeypatch.setattr(loop, "_loop_step", loop_step)
+        return lambda: monkeypatch.setattr(loop, "_loop_step", real_loop_step)
 
     return arm

@@ -67,3 +67,43 @@ def test_take_batch_refuses_bad_arguments_by_name():
         data.take_batch(x, y, order[:7], 0, 4)
     with pytest.raises(ValueError, match=r"take_batch: `x` must have shape \(m, n_H, n_W, n_C\), got \(8, 16\)"):
         data.take_batch(x.reshape(8, 16), y, order, 0, 4)
+
+
+def test_epoch_draws_are_a_permutation_and_shifts_in_range_fixed_by_seed_and_epoch():
+    order, shifts = data.epoch_draws(7, 3, 13, 4, 2)
+    assert order.dtype == np.int32 and shifts.dtype == np.int32
+    assert sorted(order.tolist()) == list(range(13)) and shifts.shape == (3, 4, 2)  # 3 full batches of 4
+    assert shifts.min() >= -2 and shifts.max() <= 2 and len(np.unique(shifts)) > 1
+    again = data.epoch_draws(7, 3, 13, 4, 2)  # what a resumed run, or another process, draws
+    np.testing.assert_array_equal(order, again[0])
+    np.testing.assert_array_equal(shifts, again[1])
+    other_epoch, other_seed = data.epoch_draws(7, 4, 13, 4, 2), data.epoch_draws(-7, 3, 13, 4, 2)
+    assert not np.array_equal(order, other_epoch[0]) and not np.array_equal(order, other_seed[0])
+    assert not data.epoch_draws(7, 3, 13, 4, 0)[1].any()  # no shifts asked: all zero
+
+
+def test_epoch_draws_refuses_bad_arguments_by_name():
+    with pytest.raises(ValueError, match=r"epoch_draws: `epoch` must be >= 0, got -1"):
+        data.epoch_draws(0, -1, 8, 4)
+    with pytest.raises(ValueError, match=r"epoch_draws: `batch_size`=9 is larger than the m=8 examples"):
+        data.epoch_draws(0, 0, 8, 9)
+    with pytest.raises(TypeError, match=r"epoch_draws: `seed` must be an int"):
+        data.epoch_draws(0.5, 0, 8, 4)
+
+
+def test_cut_batch_by_hand_and_under_jit():
+    """Batch k holds examples order[kB:(k+1)B], image i moved by shifts[k, i]: a lit pixel lands at (r + dy, c + dx)."""
+    m, B, s = 10, 4, 2
+    x = np.zeros((m, 8, 8, 1), np.float32)
+    x[np.arange(m), 4, 3, 0] = np.arange(1, m + 1)  # example j's pixel holds j + 1
+    y = np.arange(m, dtype=np.int32) * 10
+    order, shifts = data.epoch_draws(1, 0, m, B, s)
+    cut = jax.jit(lambda k: data.cut_batch(x, y, order, shifts, k, B, s))  # k traced, as in the loop's step
+    for k in range(m // B):
+        got_x, got_y = (np.asarray(a) for a in cut(k))
+        np.testing.assert_array_equal(got_y, y[order[k * B:(k + 1) * B]])
+        for i, j in enumerate(order[k * B:(k + 1) * B]):
+            dy, dx = shifts[k, i]
+            assert got_x[i].sum() == j + 1 and got_x[i, 4 + dy, 3 + dx, 0] == j + 1
+        unshifted, _ = data.cut_batch(x, y, order, shifts, k, B, 0)
+        np.testing.assert_array_equal(np.asarray(unshifted), x[order[k * B:(k + 1) * B]])
