@@ -640,7 +640,7 @@ def _check_finite(losses, step, epoch, steps_per_epoch, kept=lambda: "the last g
 
     kept() says what is left on disk (the last good checkpoint, or that none was written yet).
     """
-    values = np.asarray(jnp.stack(losses)) if losses else np.zeros((0,))
+    values = np.stack(jax.device_get(losses)) if losses else np.zeros((0,))  # (jnp.stack: a program to compile)
     bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
     if bad.size:
         bad_step = step - len(values) + int(bad[0]) + 1
