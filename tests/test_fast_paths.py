@@ -173,16 +173,16 @@ def test_rows_dx_groups():
 def test_rows_block_choice():
     full = ((0, 0), (0, 0))
     # LeNet conv1: the full band is 32/5 = 6.4x the direct FLOPs -> blocks of f_W - 1 = 4 (8/5 = 1.6x)
-    # while m·n_H' <= ROWS_BLOCK_MAX_M (batch 128: 3584 rows), one block beyond (batch 512: 14336).
+    # at any batch size (batch 128: 3584 rows; 512: 14336, once one block).
     assert conv.rows_block((128, 32, 32, 1), (5, 5, 1, 6), full) == 4
     assert conv.rows_block((-1, 32, 32, 1), (5, 5, 1, 6), full) == 4  # shape-only init
-    assert conv.rows_block((512, 32, 32, 1), (5, 5, 1, 6), full) == 28
+    assert conv.rows_block((512, 32, 32, 1), (5, 5, 1, 6), full) == 4
     # conv2: 14/5 = 2.8x -> two halves of 5 columns (9/5 = 1.8x); the notes' conv2 has 13 (odd): one block
     assert conv.rows_block((128, 14, 14, 6), (5, 5, 6, 16), full) == 5
     assert conv.rows_block((128, 17, 17, 8), (5, 5, 8, 16), full) == 13
     assert conv.rows_block((128, 12, 12, 6), (5, 5, 6, 16), full) == 4  # 12/5 = 2.4x: halves of 4
     assert conv.rows_block((128, 10, 10, 6), (5, 5, 6, 16), full) == 6  # 10/5 = 2x, not above 2: one block
-    assert conv.rows_block((512, 14, 14, 6), (5, 5, 6, 16), full) == 10  # 5120 rows: one block
+    assert conv.rows_block((512, 14, 14, 6), (5, 5, 6, 16), full) == 5  # 5120 rows: halves too
     # impl="hand" uses the blocked form for a conv1-like layer at batch 2, and it equals lax.
     assert conv.rows_block((2, 32, 32, 1), (5, 5, 1, 3), full) == 4
     # ... and the halves for a conv2-like layer (dX too: its column groups span the two blocks)

@@ -32,10 +32,11 @@ TUNED = {
     # rows: most input channels per group; wider layers take taps. Rows: bench_conv.py --resnet 32@16 (rows 2.77x lax,
     # taps 1.45x) and 64@8 (rows 1.83x, taps 1.01x); LeNet conv1/conv2 (1 and 6 channels) keep rows.
     "rows_max_channels": 8,
-    # rows in blocks of f_W - 1 above this band waste. Row: benchmark.py LeNet-5 step, conv1 blocked vs not.
+    # rows in blocks of f_W - 1 above this band waste. Row: benchmark.py LeNet-5 step, conv1 blocked vs not. At any
+    # batch: the blocks were kept to matmuls of <= 4096 rows m·n_H' until session 8's same-process A/Bs had them
+    # faster at every size: LeNet-5's eval step at batch 256 0.84-0.86x, 1024 0.92x; its unchunked training step at
+    # 256 0.85x, 512 0.96x, 1024 0.94x; the notes' network's step at batch 256 0.89x.
     "rows_block_waste": 4,
-    # ... while the matmul has at most this many rows m·n_H'. Row: benchmark.py LeNet-5 batch 128 vs 512.
-    "rows_block_max_m": 4096,
     # rows in two halves of n_W'/2 columns (n_W' even) above this band waste. Rows: LeNet-5 step A/Bs, conv2
     # (14 padded columns, 5x5: waste 2.8) in halves 0.91x the unblocked step's time at batch 512 (blocks of 4: 0.92x,
     # of 2: 0.96x, of 3 with padding: 1.01x); the notes' network's conv2 (13 columns, odd) in blocks of 4: 1.17x, of 7: 1.02x.
@@ -169,13 +170,13 @@ def rows_block(x_shape, w_shape, pads) -> int:
     """B, the output columns per block of the rows algorithm: f_W − 1, half of n_W', or all n_W' of them.
 
     Blocks of f_W − 1 above TUNED["rows_block_waste"], two halves (n_W' even) above
-    TUNED["rows_halves_waste"], each while the matmul has at most TUNED["rows_block_max_m"] rows.
+    TUNED["rows_halves_waste"], at any batch size.
     """
     f_H, f_W = w_shape[:2]
     n_H_pad, n_W_pad = padded_size(x_shape, pads)
     n_H_out = n_H_pad - f_H + 1
     full = n_W_pad - f_W + 1
-    if f_W == 1 or max(x_shape[0], 1) * n_H_out > TUNED["rows_block_max_m"]:
+    if f_W == 1:
         return full
     if n_W_pad > TUNED["rows_block_waste"] * f_W:
         return min(f_W - 1, full)
