@@ -59,6 +59,7 @@ __all__ = [
     "num_batches",
     "random_shift",
     "read_idx",
+    "resize_bilinear",
     "take_batch",
 ]
 
@@ -139,7 +140,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, size=None, pad_to=
       test_fraction: share of each class in the test set, 0 <= test_fraction < 1.
       seed: int seed of the split and of the order of the examples.
       size: optional int or (n_H, n_W): resize every image bilinearly
-        (`jax.image.resize`), e.g. size=32 for LeNet-5.
+        (`resize_bilinear`: jax.image.resize's bilinear, in NumPy), e.g. size=32 for LeNet-5.
       pad_to: optional int or (n_H, n_W): zero-pad every image centrally (after
         resizing, if `size` is given) to this size (the extra row or column, if
         odd, goes to the bottom or right).
@@ -169,17 +170,42 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, size=None, pad_to=
     pixels, labels = _read_digits()
     x = (pixels.astype(np.float32) / np.float32(16.0))[..., None]
     if size is not None:
-        import jax
-        import jax.numpy as jnp
-
-        x = np.asarray(jax.image.resize(jnp.asarray(x), (x.shape[0], *size_hw, 1), method="bilinear"))
-        x = np.clip(x, 0.0, 1.0).astype(np.float32)
+        x = np.clip(resize_bilinear(x, size_hw), 0.0, 1.0)
     if pad_to is not None:  # after resizing: size=24, pad_to=32 frames each digit like MNIST's 20-in-28
         (h, w), (H, W) = x.shape[1:3], pad_hw
         top, left = (H - h) // 2, (W - w) // 2
         x = np.pad(x, ((0, 0), (top, H - h - top), (left, W - w - left), (0, 0)))
     train_idx, test_idx = _stratified_split(labels, float(test_fraction), seed)
     return Dataset(x[train_idx], labels[train_idx], x[test_idx], labels[test_idx])
+
+
+def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in): output pixel i's weights over the input pixels, each row summing to 1.
+
+    Half-pixel centres: output pixel i sits at input coordinate (i + 0.5)·n_in/n_out − 0.5, and
+    input pixel a weighs max(0, 1 − |a − that| / k), the triangle kernel widened by k = n_in/n_out
+    when shrinking (antialiasing; k = 1 when growing), renormalised over the pixels that exist.
+    """
+    scale = n_out / n_in
+    k = max(1.0 / scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) / scale - 0.5
+    w = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in)[None, :] - centres[:, None]) / k)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def resize_bilinear(x, size) -> np.ndarray:
+    """Resize images (m, n_H, n_W, n_C) to size = (n_H', n_W'), bilinearly, in NumPy.
+
+    What `jax.image.resize(x, ..., method="bilinear")` computes (equal to float32 rounding,
+    tests/test_data.py), as two small matmuls: loading data compiles no XLA program (the jax
+    call was 0.1 s of a first `jaxconv train`'s start-up). Returns float32.
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"resize_bilinear: `x` must have shape (m, n_H, n_W, n_C), got {x.shape}.")
+    n_H, n_W = _size_pair(size, "size", "resize_bilinear")
+    W_H, W_W = _bilinear_weights(x.shape[1], n_H), _bilinear_weights(x.shape[2], n_W)
+    return np.einsum("ha,mabc,wb->mhwc", W_H, x.astype(np.float64), W_W).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- IDX (MNIST)

@@ -86,6 +86,25 @@ def test_digits_resize_then_pad_frames_the_digit():
     assert not framed.x_train[:, :4].any() and not framed.x_train[:, 28:].any()  # a zero margin of 4
 
 
+def test_resize_bilinear_equals_jax_image_resize():
+    """The NumPy resize load_digits uses is jax.image.resize's bilinear (half-pixel centres, antialiased when
+    shrinking), up to float32 rounding: growing, shrinking, one axis each way, and the identity."""
+    x = np.random.default_rng(0).random((5, 8, 8, 2)).astype(np.float32)
+    for size in ((24, 24), (32, 32), (5, 5), (24, 6), (8, 8), (9, 17)):
+        ref = np.asarray(jax.image.resize(x, (5, *size, 2), method="bilinear"))
+        got = data.resize_bilinear(x, size)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_resize_bilinear_by_hand():
+    """Growing 2 pixels [0, 1] to 4: centres at -0.25, 0.25, 0.75, 1.25 of the input -> 0, 0.25, 0.75, 1."""
+    x = np.array([0.0, 1.0], np.float32).reshape(1, 1, 2, 1)
+    np.testing.assert_allclose(data.resize_bilinear(x, (1, 4))[0, 0, :, 0], [0.0, 0.25, 0.75, 1.0], atol=1e-7)
+    with pytest.raises(ValueError, match=r"resize_bilinear: `x` must have shape \(m, n_H, n_W, n_C\), got \(2, 1\)"):
+        data.resize_bilinear(np.zeros((2, 1)), 4)
+
+
 def test_random_shift_moves_each_image_by_its_own_offset():
     import jax
 
