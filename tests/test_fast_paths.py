@@ -195,6 +195,25 @@ def test_rows_block_choice():
             np.testing.assert_allclose(a, r, **TOL)
 
 
+def test_rows_direct_forward_for_one_channel(monkeypatch):
+    """With one input channel (TUNED["rows_direct_max_channels"]) rows' forward is the direct sum `rows._direct`:
+    equal to numpy's float64 direct sum, with padding and in blocks, and to the banded matmul it replaces; the
+    backward (the band's, unchanged) still equals lax's."""
+    x, w, b = _data((2, 9, 11, 1), (3, 4, 1, 5), seed=7)
+    pads = ((1, 2), (2, 1))
+    want = ref.conv2d(np.asarray(x), np.asarray(w), np.asarray(b), padding=pads)
+    direct = rows.conv(x, w, b, Plan(pads, (1, 1), (1, 1), 1, 3))  # blocks of 3 output columns
+    np.testing.assert_allclose(direct, want, **TOL)
+    monkeypatch.setitem(conv.policy.TUNED, "rows_direct_max_channels", 0)
+    band = rows.conv(x, w, b, Plan(pads, (1, 1), (1, 1), 1, 3))
+    np.testing.assert_allclose(band, want, **TOL)
+    monkeypatch.undo()
+    loss = lambda impl: lambda x, w, b: jnp.sum(jnp.sin(conv2d(x, w, b, padding=pads, impl=impl)))  # noqa: E731
+    got = jax.grad(loss("hand"), argnums=(0, 1, 2))(x, w, b)
+    for a, r in zip(got, jax.grad(loss("lax"), argnums=(0, 1, 2))(x, w, b)):
+        np.testing.assert_allclose(a, r, **TOL)
+
+
 def test_hand_algorithm_choice_per_layer():
     choose = lambda xs, ws, **kw: conv.hand_algorithm(xs, ws, conv_geometry(xs, ws, **kw)[:4])
     assert choose((1, 32, 32, 1), (5, 5, 1, 6)) == "rows"  # LeNet conv1: band 6.4x the filter

@@ -32,6 +32,10 @@ TUNED = {
     # rows: most input channels per group; wider layers take taps. Rows: bench_conv.py --resnet 32@16 (rows 2.77x lax,
     # taps 1.45x) and 64@8 (rows 1.83x, taps 1.01x); LeNet conv1/conv2 (1 and 6 channels) keep rows.
     "rows_max_channels": 8,
+    # rows' forward as the direct sum (f_H·f_W·n_C shifted multiply-adds) for at most this many input channels.
+    # Rows: same-process step A/Bs, LeNet-5 (conv1, one channel): 0.93-0.96x the step's time at batch 128,
+    # 0.935-0.947x at 512, 0.985x at 32; conv1's forward alone at batch 256 0.64 ms against 1.50.
+    "rows_direct_max_channels": 1,
     # rows in blocks of f_W - 1 above this band waste. Row: benchmark.py LeNet-5 step, conv1 blocked vs not. At any
     # batch: the blocks were kept to matmuls of <= 4096 rows m·n_H' until session 8's same-process A/Bs had them
     # faster at every size: LeNet-5's eval step at batch 256 0.84-0.86x, 1024 0.92x; its unchunked training step at

@@ -6,6 +6,12 @@ of im2col, but one well-shaped matmul after a cheap gather, which on CPU is what
 counts for narrow layers (LeNet). Split into blocks of B output columns
 (`policy.rows_block`), each block reads B + f_W − 1 input columns and the banded
 matrix shrinks to one block's, the same for every block.
+
+With very few input channels (TUNED["rows_direct_max_channels"]: LeNet's conv1 has
+one) the forward is the direct sum instead, f_H·f_W·n_C shifted multiply-adds of
+X_pad (`_direct`): the band's matmul is then thin (K = 40 for conv1 in blocks of 4)
+and gathering its rows costs as much as the products. The backward stays the rows
+one, whose weight gradient is one matmul.
 """
 
 from __future__ import annotations
@@ -63,13 +69,30 @@ def _rows_pads(pads, n_W, f_W, B):
     return ((top, bottom), (left, right + n_blk * B - n_W_out)), n_W_out, n_blk
 
 
+def _direct(x_pad, w, n_H_out, n_W_out):
+    """Σ_{i, j, c} X_pad[:, i : i + n_H', j : j + n_W', c] · W[i, j, c]: the direct sum, (m, n_H', n_W', n_C')."""
+    f_H, f_W, n_C, _ = w.shape
+    acc = acc_dtype(x_pad.dtype)
+    z = None
+    for i in range(f_H):
+        for j in range(f_W):
+            for c in range(n_C):
+                term = x_pad[:, i : i + n_H_out, j : j + n_W_out, c : c + 1].astype(acc) * w[i, j, c].astype(acc)
+                z = term if z is None else z + term
+    return z
+
+
 def forward(x, w, b, pads, B):
-    """Z = R · T + b with R the input blocks and T the banded filter of one block. Returns (Z, X_pad)."""
+    """Z = R · T + b with R the input blocks and T the banded filter of one block (the direct sum, `_direct`,
+    for at most TUNED["rows_direct_max_channels"] input channels). Returns (Z, X_pad)."""
     f_H, f_W, n_C, n_C_out = w.shape
     ext_pads, n_W_out, n_blk = _rows_pads(pads, x.shape[2], f_W, B)
     x_pad = pad_input(x, ext_pads)  # (m, n_H_pad, n_blk·B + f_W − 1, n_C)
     m, n_H_pad = x_pad.shape[:2]
     n_H_out = n_H_pad - f_H + 1
+    if n_C <= TUNED["rows_direct_max_channels"]:
+        z = _direct(x_pad, w, n_H_out, n_W_out)
+        return (z if b is None else z + b).astype(x.dtype), x_pad
     R = _rows(x_pad, f_H, f_W, n_H_out, B)  # (m·n_H'·n_blk, f_H·(B + f_W − 1)·n_C)
     z = jnp.dot(R, _toeplitz(w, B + f_W - 1), preferred_element_type=acc_dtype(x.dtype))  # (m·n_H'·n_blk, B·n_C')
     z = z.reshape(m, n_H_out, n_blk * B, n_C_out)[:, :, :n_W_out]  # block k holds columns k·B … k·B + B − 1
