@@ -346,6 +346,23 @@ def test_tiled_max_pool_matches_numpy_and_reduce_window(x_shape, f):
     np.testing.assert_array_equal(vjp_rw(dy)[0], dx)
 
 
+@pytest.mark.parametrize("x_shape,f", [((2, 7, 5, 3), (2, 2)), ((1, 8, 7, 2), (3, 2))])
+def test_tiled_max_pool_of_a_cropped_input(x_shape, f):
+    """Sizes the window does not divide (floor mode): the rows/columns no window reads are dropped and the tiled
+    path runs on the rest. Values and the first-maximum gradient equal numpy's float64 reference, the dropped
+    pixels get zero gradient, and jaxpr shows no reduce_window."""
+    x = jax.random.randint(jax.random.key(5), x_shape, 0, 3).astype(F64)  # ties in most windows
+    n_out = (x_shape[1] // f[0], x_shape[2] // f[1])
+    dy = jax.random.normal(jax.random.key(6), (x_shape[0], *n_out, x_shape[3]), F64)
+    y_ref, first = max_pool_reference(x, f)
+    y, vjp = jax.vjp(lambda x: max_pool(x, f), x)
+    np.testing.assert_array_equal(y, y_ref)
+    dy_up = np.zeros(x_shape)
+    dy_up[:, : n_out[0] * f[0], : n_out[1] * f[1]] = np.repeat(np.repeat(np.asarray(dy), f[0], 1), f[1], 2)
+    np.testing.assert_array_equal(vjp(dy)[0], np.where(first, dy_up, 0.0))
+    assert "reduce_window" not in str(jax.make_jaxpr(jax.grad(lambda x: max_pool(x, f).sum()))(x))
+
+
 def test_tiled_max_pool_hand_computed_ties():
     x = jnp.array([[1.0, 3, 3, 1], [2, 3, 1, 1], [1, 3, 2, 3], [5, 6, 1, 2]], F64)[None, :, :, None]
     dx = jax.grad(lambda x: jnp.sum(max_pool(x) * jnp.array([[1.0, 2], [3, 4]])[None, :, :, None]))(x)
