@@ -176,9 +176,8 @@ def rows_block(x_shape, w_shape, pads) -> int:
     Blocks of f_W − 1 above TUNED["rows_block_waste"], two halves (n_W' even) above
     TUNED["rows_halves_waste"], at any batch size.
     """
-    f_H, f_W = w_shape[:2]
-    n_H_pad, n_W_pad = padded_size(x_shape, pads)
-    n_H_out = n_H_pad - f_H + 1
+    f_W = w_shape[1]
+    n_W_pad = padded_size(x_shape, pads)[1]
     full = n_W_pad - f_W + 1
     if f_W == 1:
         return full
