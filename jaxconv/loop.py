@@ -264,8 +264,9 @@ def _loop_step(raw_step, batch_size: int, max_shift: int, stateful: bool):
     `raw_step` is `make_train_step(..., jit=False)`; params and opt_state are donated as there.
     run(params, opt_state, x_all, y_all, order, shifts, k) -> (params, opt_state, metrics), and with
     `stateful`, run(..., k, state, dropout_key, step) -> (..., state), the step's dropout key
-    fold_in(dropout_key, step). One program instead of three (the batch cut, the key, the step): a
-    first run compiles ~0.5 s less and each step dispatches once (LeNet-5, batch 32: 2.0 ms a step).
+    fold_in(dropout_key, step). One program and one dispatch per step where there were three (the
+    batch cut, the step's key, the step): with the host's draws (`data.epoch_draws`), LeNet-5's 44
+    steps of 32 took 87 ms an epoch instead of 100, and a first run compiled ~0.8 s less.
     """
 
     def run(params, opt_state, x_all, y_all, order, shifts, k, state=None, dropout_key=None, step=None):
