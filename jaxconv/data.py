@@ -709,6 +709,19 @@ def cut_batch(x, y, order, shifts, k, batch_size: int, max_shift: int):
     import jax
     import jax.numpy as jnp
 
+    op = "cut_batch"
+    batch_size = _int(batch_size, "batch_size", op, minimum=1)
+    max_shift = _int(max_shift, "max_shift", op, minimum=0)
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"{op}: `x` must have shape (m, n_H, n_W, n_C), got {getattr(x, 'shape', type(x).__name__)}.")
+    m = x.shape[0]
+    steps = m // batch_size
+    if y.shape[0] != m or tuple(order.shape) != (m,) or tuple(shifts.shape) != (steps, batch_size, 2):
+        raise ValueError(f"{op}: `x`, `y`, `order` and `shifts` must hold m={m} examples and {steps} batches of "
+                         f"{batch_size}, got shapes {x.shape}, {y.shape}, {order.shape} and {shifts.shape}; pass "
+                         f"the (order, shifts) of epoch_draws(seed, epoch, {m}, {batch_size}, max_shift).")
+    if isinstance(k, int) and not 0 <= k < steps:
+        raise ValueError(f"{op}: batch `k`={k} is outside the epoch's {steps} batches; use k in 0..{steps - 1}.")
     idx = jax.lax.dynamic_slice_in_dim(order, k * batch_size, batch_size)
     xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
     if max_shift == 0:

@@ -107,3 +107,14 @@ def test_cut_batch_by_hand_and_under_jit():
             assert got_x[i].sum() == j + 1 and got_x[i, 4 + dy, 3 + dx, 0] == j + 1
         unshifted, _ = data.cut_batch(x, y, order, shifts, k, B, 0)
         np.testing.assert_array_equal(np.asarray(unshifted), x[order[k * B:(k + 1) * B]])
+
+
+def test_cut_batch_refuses_bad_arguments_by_name():
+    x, y = np.zeros((8, 4, 4, 1), np.float32), np.zeros(8, np.int32)
+    order, shifts = data.epoch_draws(0, 0, 8, 4, 1)
+    with pytest.raises(ValueError, match=r"cut_batch: batch `k`=2 is outside the epoch's 2 batches; use k in 0..1"):
+        data.cut_batch(x, y, order, shifts, 2, 4, 1)
+    with pytest.raises(ValueError, match=r"cut_batch: `x`, `y`, `order` and `shifts` must hold m=8 examples and 4 batches of 2"):
+        data.cut_batch(x, y, order, shifts, 0, 2, 1)  # shifts drawn for batches of 4
+    with pytest.raises(ValueError, match=r"cut_batch: `x` must have shape \(m, n_H, n_W, n_C\)"):
+        data.cut_batch(x[..., 0], y, order, shifts, 0, 4, 1)
