@@ -337,6 +337,8 @@ def test_tiled_max_pool_matches_numpy_and_reduce_window(x_shape, f):
     y_ref, first = max_pool_reference(x, f)
     y, vjp = jax.vjp(lambda x: max_pool(x, f), x)
     np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(max_pool(x, f), y_ref)  # without a gradient: the strided slices' max
+    np.testing.assert_array_equal(jax.jit(lambda x: max_pool(x, f))(x), y_ref)
     dx = vjp(dy)[0]
     dy_up = np.repeat(np.repeat(np.asarray(dy), f[0], 1), f[1], 2)
     np.testing.assert_array_equal(dx, np.where(first, dy_up, 0.0))
