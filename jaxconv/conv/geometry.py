@@ -71,6 +71,12 @@ def out_size(n_pad, f, s, d):
     return tuple((n - d_i * (f_i - 1) - 1) // s_i + 1 for n, f_i, s_i, d_i in zip(n_pad, f, s, d))
 
 
+def patch_elements(x_shape, w_shape, pads, s, d) -> int:
+    """Entries of im2col's patch matrix P, m·n_H'·n_W'·f_H·f_W·n_C (n_C per group, w_shape[2]; m >= 1)."""
+    n_out = out_size(padded_size(x_shape, pads), w_shape[:2], s, d)
+    return max(int(x_shape[0]), 1) * n_out[0] * n_out[1] * w_shape[0] * w_shape[1] * w_shape[2]
+
+
 def padded_size(x_shape, pads):
     """(n_H_pad, n_W_pad) of an (m, n_H, n_W, n_C) input with padding ((top, bottom), (left, right))."""
     return x_shape[1] + pads[0][0] + pads[0][1], x_shape[2] + pads[1][0] + pads[1][1]

@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
-from jaxconv.conv.geometry import Plan, acc_dtype, out_size, pad_input, padded_size
+from jaxconv.conv.geometry import Plan, acc_dtype, out_size, pad_input, patch_elements
 from jaxconv.conv.policy import TUNED
 from jaxconv.conv.shard import same_varying_axes
 
@@ -69,8 +69,7 @@ def _chunk_size(x_shape, w_shape, plan: Plan):
     less time), else gcd(m, 16), a power of two: a whole number of examples per device on 1, 2,
     4, 8 or 16 devices."""
     m = x_shape[0]
-    n_out = out_size(padded_size(x_shape, plan.pads), w_shape[:2], plan.stride, plan.dilation)
-    patch_bytes = 4 * m * n_out[0] * n_out[1] * w_shape[0] * w_shape[1] * x_shape[3]
+    patch_bytes = 4 * patch_elements(x_shape, w_shape, plan.pads, plan.stride, plan.dilation)
     return m if patch_bytes <= TUNED["guard_whole_batch_bytes"] else math.gcd(m, 16)
 
 

@@ -18,7 +18,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 
-from jaxconv.conv.geometry import Plan, out_size, padded_size
+from jaxconv.conv.geometry import Plan, out_size, padded_size, patch_elements
 
 ALGORITHMS = ("auto", "im2col", "rows", "taps", "depthwise", "pointwise")
 
@@ -228,11 +228,10 @@ def im2col_pays(x_shape, w_shape, geom) -> bool:
     TUNED["taps_auto_max_taps"] taps (3x3), and a patch matrix of at most TUNED["im2col_auto_max_patch"] elements
     (beyond it the patches outgrow the cache)."""
     pads, s, d, groups = geom
-    f_H, f_W, n_C = w_shape[:3]
+    f_H, f_W = w_shape[:2]
     if s == (1, 1) or d != (1, 1) or groups != 1 or f_H * f_W > TUNED["taps_auto_max_taps"]:
         return False  # 5x5 and larger: 2.9x lax's time on the one strided 5x5 layer measured
-    n_out = out_size(padded_size(x_shape, pads), (f_H, f_W), s, d)
-    return max(int(x_shape[0]), 1) * n_out[0] * n_out[1] * f_H * f_W * n_C <= TUNED["im2col_auto_max_patch"]
+    return patch_elements(x_shape, w_shape, pads, s, d) <= TUNED["im2col_auto_max_patch"]
 
 
 def lax_grad_aborts(x_shape, w_shape, geom) -> bool:
