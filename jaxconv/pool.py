@@ -189,9 +189,10 @@ def _dilated_max_bwd(f, s, pads, d, res, dY):
 _dilated_max.defvjp(_dilated_max_fwd, _dilated_max_bwd)
 
 
-def tiles_exactly(x_shape, f, s, pads) -> bool:
-    """Whether the windows tile the input: stride = window, no padding, n_H and n_W divisible by f."""
-    return s == f and pads == ((0, 0), (0, 0)) and x_shape[1] % f[0] == 0 and x_shape[2] % f[1] == 0
+def tiles(f, s, window_pads, d) -> bool:
+    """Whether the windows tile the input: stride = window, no dilation, no padding or ceil-mode overhang
+    (`_window_pads`). Rows/columns past the last window (floor mode, f not dividing n) are read by none."""
+    return s == f and d == (1, 1) and window_pads == ((0, 0), (0, 0))
 
 
 def max_pool(x, window=2, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -223,12 +224,10 @@ def max_pool(x, window=2, stride=None, padding=0, dilation=1, ceil_mode=False, r
     f, s, pads, out_shape = pool_geometry(x.shape, window, stride, padding, "max_pool", dilation, ceil_mode)
     d = _args.pair(dilation, "dilation", "max_pool", minimum=1)
     window_pads = _window_pads(x.shape, f, s, pads, d, out_shape)  # pads, grown by ceil mode's overhang
-    if d == (1, 1) and tiles_exactly(x.shape, f, s, pads):
-        y = _tiled_max(x, f)  # same values and gradients, faster gradient
-    elif d == (1, 1) and s == f and window_pads == ((0, 0), (0, 0)):
-        # The windows tile the input once the last rows/columns, which no window reads (floor mode), are
-        # dropped: (128, 35, 35, 8) -> 17x17 took XLA's generic reduce-window and its gradient, a quarter of
-        # the notes' network's step on 39x39x3 inputs.
+    if tiles(f, s, window_pads, d):
+        # Same values and gradients as reduce_window, faster gradient. The rows/columns no window reads are
+        # sliced off first (a no-op when f divides n): (128, 35, 35, 8) -> 17x17 had taken XLA's generic
+        # reduce-window and its gradient, a quarter of the notes' network's step on 39x39x3 inputs.
         y = _tiled_max(x[:, : out_shape[1] * f[0], : out_shape[2] * f[1]], f)
     elif d != (1, 1):
         y = _dilated_max(x, f, s, window_pads, d)  # lax has no VJP for a dilated max window

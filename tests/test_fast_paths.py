@@ -333,7 +333,7 @@ def test_tiled_max_pool_matches_numpy_and_reduce_window(x_shape, f):
     # Few distinct values, so most windows have ties.
     x = jax.random.randint(jax.random.key(3), x_shape, 0, 3).astype(F64)
     dy = jax.random.normal(jax.random.key(4), (x_shape[0], x_shape[1] // f[0], x_shape[2] // f[1], x_shape[3]), F64)
-    assert pool.tiles_exactly(x_shape, f, f, ((0, 0), (0, 0)))
+    assert pool.tiles(f, f, ((0, 0), (0, 0)), (1, 1)) and x_shape[1] % f[0] == 0 and x_shape[2] % f[1] == 0
     y_ref, first = max_pool_reference(x, f)
     y, vjp = jax.vjp(lambda x: max_pool(x, f), x)
     np.testing.assert_array_equal(y, y_ref)
@@ -375,10 +375,18 @@ def test_tiled_max_pool_hand_computed_ties():
 
 
 def test_pool_uses_the_tiled_path_only_when_windows_tile():
-    assert pool.tiles_exactly((1, 28, 28, 6), (2, 2), (2, 2), ((0, 0), (0, 0)))
-    assert not pool.tiles_exactly((1, 27, 28, 6), (2, 2), (2, 2), ((0, 0), (0, 0)))  # not divisible
-    assert not pool.tiles_exactly((1, 28, 28, 6), (2, 2), (1, 1), ((0, 0), (0, 0)))  # overlapping
-    assert not pool.tiles_exactly((1, 28, 28, 6), (2, 2), (2, 2), ((1, 1), (0, 0)))  # padded
+    zero = ((0, 0), (0, 0))
+    assert pool.tiles((2, 2), (2, 2), zero, (1, 1))
+    assert not pool.tiles((2, 2), (1, 1), zero, (1, 1))  # overlapping
+    assert not pool.tiles((2, 2), (2, 2), ((1, 1), (0, 0)), (1, 1))  # padded (or ceil mode's overhang)
+    assert not pool.tiles((2, 2), (2, 2), zero, (2, 2))  # dilated
+    # What max_pool runs: the tiled path's backward (reduce_min) or XLA's reduce_window.
+    tiled = lambda shape, **kw: "reduce_window" not in str(  # noqa: E731
+        jax.make_jaxpr(jax.grad(lambda x: max_pool(x, 2, **kw).sum()))(jnp.zeros(shape)))
+    assert tiled((1, 28, 28, 6))
+    assert tiled((1, 27, 28, 6))  # not divisible: the row no window reads is sliced off
+    assert not tiled((1, 27, 28, 6), ceil_mode=True)  # ... unless ceil mode makes a window overhang it
+    assert not tiled((1, 28, 28, 6), stride=1) and not tiled((1, 28, 28, 6), padding=1)
 
 
 def test_cpu_devices_errors():
