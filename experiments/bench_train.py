@@ -65,7 +65,7 @@ def jaxconv_run(args, work, cache_home) -> dict:
     # matplotlib's font cache lives apart from XDG_CACHE_HOME, built once (`_warm_matplotlib`): emptying the
     # compilation cache for a first run must not also charge jaxconv matplotlib's first use on the machine
     # (~0.4 s, whatever program makes it; the PyTorch script draws no plot).
-    wall, _ = _run(cmd, env={**env, "XDG_CACHE_HOME": cache_home, "MPLCONFIGDIR": os.path.join(os.path.dirname(work), "mpl")})
+    wall, _ = _run(cmd, env={**env, "XDG_CACHE_HOME": cache_home, "MPLCONFIGDIR": _mpl_dir(work)})
     with open(os.path.join(out, "metrics.jsonl")) as f:
         last = [json.loads(line) for line in f if line.strip()][-1]
     return {"wall_s": wall, "test_accuracy": last["test_accuracy"]}
@@ -84,10 +84,15 @@ def jaxconv_warm(args, work) -> dict:
     return jaxconv_run(args, work, cache)
 
 
-def _warm_matplotlib(config_dir: str) -> None:
-    """Build matplotlib's font cache in `config_dir` (MPLCONFIGDIR of every jaxconv run), untimed."""
+def _mpl_dir(work: str) -> str:
+    """matplotlib's config and font cache (MPLCONFIGDIR) for every jaxconv run, beside the runs' folder."""
+    return os.path.join(os.path.dirname(work), "mpl")
+
+
+def _warm_matplotlib(work: str) -> None:
+    """Build matplotlib's font cache in `_mpl_dir(work)`, untimed."""
     subprocess.run([sys.executable, "-c", "import matplotlib.pyplot"], capture_output=True,
-                   env={**os.environ, "MPLCONFIGDIR": config_dir})
+                   env={**os.environ, "MPLCONFIGDIR": _mpl_dir(work)})
 
 
 def pytorch_run(args, work) -> dict:
@@ -123,7 +128,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as top:
         work = os.path.join(top, "runs")
         os.makedirs(work)
-        _warm_matplotlib(os.path.join(top, "mpl"))
+        _warm_matplotlib(work)
         for r in range(args.rounds):
             order = list(contenders)
             rng.shuffle(order)
