@@ -278,6 +278,20 @@ def _loop_step(raw_step, batch_size: int, max_shift: int, stateful: bool):
     return conv.policy.jit(run, donate_argnums=(0, 1))
 
 
+def _sharded_loop_step(sharded_step, mesh, batch_size: int, max_shift: int, stateful: bool):
+    """`_loop_step`'s call, for a batch split over `mesh`: the whole global batch is cut (one compiled
+    program), then each process's rows are sharded and `sharded_step` (make_parallel_train_step) runs."""
+    cut = jax.jit(functools.partial(data.cut_batch, batch_size=batch_size, max_shift=max_shift))
+
+    def run(params, opt_state, x_all, y_all, order, shifts, k, state=None, dropout_key=None, step=None):
+        x, y = parallel.shard_batch(mesh, *parallel.take_process_rows(mesh, *cut(x_all, y_all, order, shifts, k)))
+        if not stateful:
+            return sharded_step(params, opt_state, x, y)
+        return sharded_step(params, opt_state, x, y, state, _fold_in(dropout_key, step))
+
+    return run
+
+
 def _member(tree, k):
     """Member k of a tree stacked on a leading axis (None stays None)."""
     return None if tree is None else jax.tree_util.tree_map(lambda leaf: leaf[k], tree)
@@ -476,9 +490,9 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
         step_fn = _loop_step(make_train_step(model.apply, optimizer, ensemble=config.ensemble > 1, jit=False),
                              config.batch_size, config.shift, stateful)
     else:
-        cut = jax.jit(functools.partial(data.cut_batch, batch_size=config.batch_size, max_shift=config.shift))
-        step_fn = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh, ensemble=config.ensemble > 1,
-                                                    stateful=stateful)
+        step_fn = _sharded_loop_step(parallel.make_parallel_train_step(
+            model.apply, optimizer, mesh=mesh, ensemble=config.ensemble > 1, stateful=stateful),
+            mesh, config.batch_size, config.shift, stateful)
     eval_step = make_eval_step(model.apply)
 
     def first_logits(p, s):  # eval mode, one example, member 0 of an ensemble
@@ -559,19 +573,12 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
                 bar = None
             losses = []
             for k in range(start_step, steps_per_epoch):
-                if mesh is None:  # the batch is cut inside the step, on the device, without waiting for the last step
-                    if stateful:  # train mode: batch statistics, running ones updated; dropout masks from the step's key
-                        params, opt_state, metrics, state = step_fn(params, opt_state, x_all, y_all, order, shifts, k,
-                                                                    state, dropout_key, step)
-                    else:
-                        params, opt_state, metrics = step_fn(params, opt_state, x_all, y_all, order, shifts, k)
-                else:  # the whole global batch, then each process's rows, sharded over the mesh
-                    x, y = parallel.shard_batch(mesh, *parallel.take_process_rows(mesh, *cut(x_all, y_all, order, shifts, k)))
-                    if stateful:
-                        params, opt_state, metrics, state = step_fn(params, opt_state, x, y, state,
-                                                                    _fold_in(dropout_key, step))
-                    else:
-                        params, opt_state, metrics = step_fn(params, opt_state, x, y)
+                # batch k is cut on the device, without waiting for the last step
+                if stateful:  # train mode: batch statistics, running ones updated; dropout masks from the step's key
+                    params, opt_state, metrics, state = step_fn(params, opt_state, x_all, y_all, order, shifts, k,
+                                                                state, dropout_key, step)
+                else:
+                    params, opt_state, metrics = step_fn(params, opt_state, x_all, y_all, order, shifts, k)
                 losses.append(metrics["loss"])
                 step += 1
                 if bar is not None and (step % 5 == 0 or step % steps_per_epoch == 0):
