@@ -13,10 +13,12 @@ Max-pool gradients go to the first maximum of each window in row-major order
 maximum, only the first receives the gradient.
 
 Max pooling has two paths with the same values and gradients: when the
-windows tile the input exactly (stride = window, no padding, sizes divisible
-by the window, the usual 2x2 pool) a reshape-and-max with a hand-written
-backward (`_tiled_max`); everywhere else `lax.reduce_window`. On CPU the
-tiled path's gradient is several times faster than reduce_window's.
+windows tile the input (stride = window, no padding or dilation, the usual 2x2
+pool; rows/columns past the last window in floor mode are sliced off first,
+`tiles`) a reshape-and-max with a hand-written backward (`_tiled_max`; without
+a gradient, the max of the window's strided slices, which XLA fuses with the
+layer before); everywhere else `lax.reduce_window`. On CPU the tiled path's
+gradient is several times faster than reduce_window's.
 """
 
 from __future__ import annotations
