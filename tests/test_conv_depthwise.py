@@ -134,7 +134,7 @@ def test_mobilenet_block_auto_equals_lax():
 @pytest.mark.parametrize("batched", ["x", "w"])
 def test_backward_under_vmap(batched):
     """Per-example gradients (vmap over x) and ensembles (vmap over w) equal the unbatched backward run one
-    by one, and the backward's cond (`depthwise._on_buffers`) stays a cond: as a select it would run twice."""
+    by one, and the backward's cond (`buffers.on_buffers`) stays a cond: as a select it would run twice."""
     xs, ws, kw = DEPTHWISE[0]
     x, w, _ = _data(xs, ws, seed=3)
     grad = jax.grad(lambda w, x1: jnp.sum(conv2d(x1[None], w, **kw, impl="hand", algorithm="depthwise") ** 2), argnums=(0, 1))

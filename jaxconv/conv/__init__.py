@@ -17,6 +17,9 @@ The package, file by file:
   one table (`TUNED`);
 - `guard.py`: inputs with NaN or Inf take im2col, which spreads them exactly
   as the direct sum (and lax) does;
+- `buffers.py`: operands handed to XLA:CPU as buffers, not recomputed chains
+  (depthwise's weight gradient, and `lax_conv`: lax's convolution whose
+  gradient reads x and dZ as buffers, what impl="lax" runs on CPU);
 - `geometry.py`: argument checks, sizes, padding; `shard.py`: the shard_map shim.
 Every hand-rolled algorithm is a custom VJP `algorithm.conv(x, w, b, plan)`.
 """
@@ -29,7 +32,7 @@ from jax import lax
 
 from jaxconv import _args
 from jaxconv._args import LAYOUT, conv_output_size
-from jaxconv.conv import depthwise, im2col, pointwise, policy, rows, taps, transpose
+from jaxconv.conv import buffers, depthwise, im2col, pointwise, policy, rows, taps, transpose
 from jaxconv.conv.geometry import Plan, conv_geometry, lax_sum_dtype
 from jaxconv.conv.guard import guarded
 from jaxconv.conv.policy import ALGORITHMS, TUNED, hand_algorithm, resolve_impl, rows_block, taps_chunk
@@ -173,10 +176,14 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
     impl = resolve_impl(impl, x.shape, w_shape, geom)
     if impl == "lax":
         acc = lax_sum_dtype(x.dtype)  # float32 for bfloat16/float16, as the hand-rolled algorithms sum
-        z = lax.conv_general_dilated(
-            x, w, window_strides=s, padding=pads, rhs_dilation=d, dimension_numbers=LAYOUT, feature_group_count=groups,
-            preferred_element_type=acc,
+        params = (
+            ("window_strides", s), ("padding", pads), ("rhs_dilation", d), ("dimension_numbers", LAYOUT),
+            ("feature_group_count", groups), ("preferred_element_type", acc),
         )
+        if policy.lax_grad_on_buffers():
+            z = buffers.lax_conv(x, w, params)  # the same convolutions; the gradient reads x and dZ as buffers
+        else:
+            z = lax.conv_general_dilated(x, w, **dict(params))
         if b is not None:
             z = z + b
         if acc is not None:

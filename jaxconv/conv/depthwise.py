@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input, padded_size
-from jaxconv.conv.guard import all_finite
+from jaxconv.conv.buffers import on_buffers
 
 
 def _tap(x_pad, i, j, n_out, s, d):
@@ -80,23 +80,6 @@ def _tap_sums(x_pad, dZ, taps, n_out, s, d):
     return [t.sum(axis=0) for t in per_example]  # (n_C',) each
 
 
-def _on_buffers(fn, operands, w):
-    """fn(*operands), its operands handed over as buffers in memory, not as expressions XLA may recompute.
-
-    XLA:CPU fuses cheap elementwise producers into every consumer. In a network the x and dZ
-    of a depthwise layer are such expressions (BatchNorm, ReLU6 and their gradients), and
-    `_tap_sums` reads each of them once per tap: fused, those chains were recomputed nine
-    times (MobileNet's training step, batch 64: 213 ms, against 187 ms for the nine separate
-    reductions `_tap_sums` replaced). A lax.cond's operands are buffers, so `_tap_sums` runs as
-    both branches of a cond on a value known only at run time, whether the filter w is finite;
-    the branches are the same function, and the result is fn(*operands) either way (the same
-    step: 168-174 ms). The filter is small and replicated when the batch is sharded, and
-    `all_finite` keeps the cond a cond under vmap (as a select it would run fn twice). The
-    input gradient stays outside: inside the cond the stride-2 layer's backward took 2.2x as long.
-    """
-    return lax.cond(all_finite(w), fn, fn, *operands)
-
-
 def backward(plan: Plan, res, dZ):
     """The transpose of `forward`, tap by tap. With P_ij = dZ placed back where tap_ij read it
     (rows i·d_H + h·s_H, columns j·d_W + w·s_W of X_pad's grid, zeros elsewhere: lax.pad with
@@ -130,7 +113,10 @@ def backward(plan: Plan, res, dZ):
         x_pad = _per_filter(pad_input(x, plan.pads), k).astype(acc)  # (m, n_H_pad, n_W_pad, n_C')
         return jnp.stack(_tap_sums(x_pad, dZ.astype(acc), taps, n_out, s, d)).reshape(w.shape).astype(w.dtype)
 
-    dW = _on_buffers(weight_grad, (x, dZ), w)
+    # x and dZ are BatchNorm/ReLU6 chains in a network, and `_tap_sums` reads each once per tap: fused, XLA recomputed
+    # them nine times (MobileNet's step, batch 64: 213 ms against 187 for nine separate reductions; on buffers 168-174).
+    # The input gradient stays outside the cond: inside, the stride-2 layer's backward took 2.2x as long.
+    dW = on_buffers(weight_grad, (x, dZ), w)
     dZa = dZ.astype(acc)
     dX_pad = sum(placed(i, j, dZa * w[i, j, 0].astype(acc)) for i, j in taps)  # scaled before placing: fewer products
     if k > 1:

@@ -69,6 +69,8 @@ TUNED = {
     # (batch 64): 780 ms against 819 with taps. Strided layers keep `im2col_pays`: alone, lax beat im2col on them
     # with the options (1.01-2.04x, six layers), but the ResNet-20 step with lax there ran 803 ms against 639 ms
     # (9-round A/B): XLA then fused the BatchNorm/residual chains into slow transposes for lax's weight gradient.
+    # With the gradient on buffers (TUNED["lax_grad_on_buffers"]) that no longer happens, and lax on the two strided
+    # layers is a tie (0.997x the step's time, 9 rounds), as is lax on the 3-channel stem (1.006x): kept as they are.
     "lax_min_channels": 8,
     # The NaN guard's im2col branch (never run on finite data) over the whole batch while its patches take at most
     # this many bytes, else in chunks of 16 examples. Rows: LeNet-5's step compiles in 1.18 s at batch 32 (patches
@@ -84,6 +86,12 @@ TUNED = {
     # settings (default step 793 / 630 ms, lax 963 / 753; YNNPACK dots only 681, no YNNPACK 622) and LeNet-5 at
     # batch 128 and 512 (no change: 8.8 / 8.6 ms, 30.5 / 32.0 ms, within the noise). None: XLA's own default.
     "cpu_ynn_fusion_types": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+    # On CPU, lax's convolutions take their gradient from x and dZ as buffers (`buffers.lax_conv`), not from the
+    # BatchNorm/ReLU/residual chains that produce them, which XLA otherwise recomputes inside the slow transposes before
+    # the weight gradient. Rows: ResNet-20 step A/Bs at batch 128, 0.917x the step's time (427 vs 466 ms, 9 rounds;
+    # a custom-VJP prototype 0.894x and 0.916x); the layout transposes' trace time 67-75 -> 32 ms. Inception and
+    # MobileNet at batch 64: 0.994x and 1.002x (no lax convolution of theirs sits behind such a chain).
+    "lax_grad_on_buffers": True,
 }
 
 
@@ -106,6 +114,12 @@ def compiler_options(backend: str | None = None) -> dict | None:
     if value is None or (backend or jax.default_backend()) != "cpu" or not _JIT_TAKES_OPTIONS or not _known(_YNN_OPTION, value):
         return None
     return {_YNN_OPTION: value}
+
+
+def lax_grad_on_buffers() -> bool:
+    """Whether lax's convolutions here take their gradient from buffers (`buffers.lax_conv`): on CPU, while
+    TUNED["lax_grad_on_buffers"]. On GPU and TPU a cond costs a round trip to the host; XLA's fusion there differs."""
+    return bool(TUNED["lax_grad_on_buffers"]) and jax.default_backend() == "cpu"
 
 
 def jit(fun, **kwargs):
