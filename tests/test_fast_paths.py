@@ -262,9 +262,11 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     ]
     for xs, ws, kw, want in cases:
         assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want, (xs, ws, kw)
-    # With them (lax's convolutions on XLA's multi-threaded runtime), lax takes every stride-1 layer of at least
-    # TUNED["lax_min_channels"] = 8 channels that rows, depthwise and pointwise leave; strided layers as before.
+    # With them (lax's convolutions on XLA's multi-threaded runtime) but lax's gradient not on buffers, lax takes
+    # every stride-1 layer of at least TUNED["lax_min_channels"] = 8 channels that rows, depthwise and pointwise
+    # leave; strided layers as before.
     monkeypatch.setattr(conv.policy, "compiler_options", lambda backend=None: {"option": "value"})
+    monkeypatch.setitem(conv.policy.TUNED, "lax_grad_on_buffers", False)
     cases = [
         ((1, 14, 14, 6), (5, 5, 6, 16), {}, "hand"),  # rows
         ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME"}, "lax"),  # was taps
@@ -282,6 +284,20 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     monkeypatch.setitem(conv.policy.TUNED, "lax_min_channels", 10**9)  # the threshold is the one knob
     xs, ws = (1, 32, 32, 64), (3, 3, 64, 64)
     assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, padding="SAME")[:4]) == "hand"
+    # With the gradient on buffers as well (the default on CPU), lax takes every layer rows, depthwise and pointwise
+    # leave, strided and narrow ones included; the geometries whose lax gradient aborts XLA stay hand-rolled.
+    monkeypatch.setitem(conv.policy.TUNED, "lax_grad_on_buffers", True)
+    cases = [
+        ((1, 14, 14, 6), (5, 5, 6, 16), {}, "hand"),  # rows
+        ((1, 56, 56, 64), (1, 1, 64, 128), {}, "hand"),  # pointwise
+        ((4, 16, 16, 32), (3, 3, 1, 32), {"padding": 1, "groups": 32}, "hand"),  # depthwise
+        ((1, 6, 3, 1), (2, 2, 1, 1), {"padding": ((1, 1), (0, 0)), "stride": (2, 3), "dilation": (1, 2)}, "hand"),  # aborts
+        ((1, 32, 32, 3), (3, 3, 3, 16), {"padding": 1}, "lax"),  # ResNet-20's first layer: was taps
+        ((1, 32, 32, 7), (3, 3, 7, 16), {"padding": 1}, "lax"),  # below lax_min_channels: was taps
+        ((128, 32, 32, 16), (3, 3, 16, 32), {"padding": 1, "stride": 2}, "lax"),  # strided: was im2col
+    ]
+    for xs, ws, kw, want in cases:
+        assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want, (xs, ws, kw)
 
 
 def test_compiler_options_are_cpu_only_and_known_to_this_jaxlib(monkeypatch):

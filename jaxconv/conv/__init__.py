@@ -129,9 +129,10 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
       dilation: d, an int or (d_H, d_W): filter taps d pixels apart.
       groups: split the channels into this many independent convolutions.
       impl: "auto" (default: "lax" on GPU/TPU; on CPU "hand" where one of its
-        algorithms beats XLA's convolution (rows, taps, depthwise, pointwise,
-        im2col on small strided 3x3 layers) and "lax" elsewhere; see
-        `policy.resolve_impl`), "lax" (lax.conv_general_dilated), "hand"
+        algorithms beats XLA's convolution (rows, depthwise, pointwise; taps and
+        im2col too on a jaxlib without jaxconv's compiler options) and "lax"
+        elsewhere; see `policy.resolve_impl`), "lax" (lax.conv_general_dilated;
+        on CPU its gradient reads x and dZ as buffers, `buffers.lax_conv`), "hand"
         (hand-rolled forward and hand-derived backward, no lax convolution) or
         "hand_autodiff" (hand-rolled im2col forward, JAX autodiff). All give
         the same values and gradients up to float rounding.

@@ -69,8 +69,12 @@ TUNED = {
     # (batch 64): 780 ms against 819 with taps. Strided layers keep `im2col_pays`: alone, lax beat im2col on them
     # with the options (1.01-2.04x, six layers), but the ResNet-20 step with lax there ran 803 ms against 639 ms
     # (9-round A/B): XLA then fused the BatchNorm/residual chains into slow transposes for lax's weight gradient.
-    # With the gradient on buffers (TUNED["lax_grad_on_buffers"]) that no longer happens, and lax on the two strided
-    # layers is a tie (0.997x the step's time, 9 rounds), as is lax on the 3-channel stem (1.006x): kept as they are.
+    # With the gradient on buffers (TUNED["lax_grad_on_buffers"]) that no longer happens, and `resolve_impl` gives lax
+    # every layer rows, depthwise and pointwise leave (this threshold then goes unused). Rows: step A/Bs of lax on the
+    # strided layers and the 3-channel stems against im2col and taps there: ResNet-20 (batch 128) 0.976x and 0.984x,
+    # Inception (64) 1.030x and 0.955x, MobileNet (64) 1.001x and 0.990x, the notes' network (128) 0.941x: ties in
+    # the noise, but the first step compiles faster (ResNet-20 3.70 -> 2.83 s, Inception 6.45 -> 5.67, MobileNet
+    # 4.96 -> 4.36, the notes' network 1.85 -> 1.68).
     "lax_min_channels": 8,
     # The NaN guard's im2col branch (never run on finite data) over the whole batch while its patches take at most
     # this many bytes, else in chunks of 16 examples. Rows: LeNet-5's step compiles in 1.18 s at batch 32 (patches
@@ -274,12 +278,16 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     bench_conv.py --resnet dw rows) and 1x1 layers with one group (pointwise, any
     stride: 2x on ResNet-20's stride-2 projections); "hand" for geometries whose
     lax gradient aborts jaxlib's CPU compiler (`lax_grad_aborts`); "lax" for
-    every other stride-1 layer of at least TUNED["lax_min_channels"] input
-    channels per group while `compiler_options()` gives lax's convolutions XLA's
+    every other layer while `compiler_options()` gives lax's convolutions XLA's
     multi-threaded runtime (in jaxconv's compiled steps: 1.4-2x faster than taps
-    there). Strided and narrower layers, and every layer without those options (a jaxlib
-    that lacks the option, or TUNED["cpu_ynn_fusion_types"] = None: YNNPACK's
-    convolutions), take "hand" where taps pays (`taps_pays`: 3x3 and 1x1 filters
+    on stride-1 layers of 8 or more channels) and their gradient reads buffers
+    (`lax_grad_on_buffers`: then taps on ResNet's 3-channel stem and im2col on its
+    strided layers no longer beat lax in a step, and lax compiles faster). With
+    the options but without buffers, "lax" for stride-1 layers of at least
+    TUNED["lax_min_channels"] input channels per group. The rest, and every layer
+    without the options (a jaxlib that lacks the option, or
+    TUNED["cpu_ynn_fusion_types"] = None: YNNPACK's convolutions), take "hand"
+    where taps pays (`taps_pays`: 3x3 and 1x1 filters
     on images larger than about 16x16, not square layers of fewer than 64
     channels) or im2col pays (`im2col_pays`: strided 3x3 layers with a small
     patch matrix), else "lax". experiments/bench_conv.py measures them.
@@ -296,8 +304,11 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
         return "hand"
     if lax_grad_aborts(x_shape, w_shape, geom):
         return "hand"
-    if geom[1] == (1, 1) and w_shape[2] >= TUNED["lax_min_channels"] and compiler_options() is not None:
-        return "lax"  # XLA's multi-threaded convolution, in jaxconv's compiled steps
+    if compiler_options() is not None:  # XLA's multi-threaded convolution, in jaxconv's compiled steps
+        if lax_grad_on_buffers():
+            return "lax"
+        if geom[1] == (1, 1) and w_shape[2] >= TUNED["lax_min_channels"]:
+            return "lax"
     if algorithm == "taps" and taps_pays(x_shape, w_shape, geom[0], geom[2]):
         return "hand"
     if algorithm == "im2col" and im2col_pays(x_shape, w_shape, geom):
