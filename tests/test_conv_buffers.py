@@ -1,5 +1,5 @@
 """lax's convolution with its gradient read from buffers (`buffers.lax_conv`, what impl="lax" runs on CPU): the
-values and gradients of plain lax autodiff, second derivatives and vmap included, and a cond XLA keeps."""
+values and gradients of plain lax autodiff, forward mode, second derivatives and vmap included, and a cond XLA keeps."""
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +50,22 @@ def test_value_gradient_and_second_derivative_equal_plain_lax(x_shape, w_shape, 
         np.testing.assert_allclose(a, r, **TOL)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(conv2d(x, w, b, impl="lax", **kw))))(x))
     assert "cond[" in jaxpr, "impl='lax' on CPU differentiates through buffers.lax_conv"
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES[:1])
+def test_forward_mode_and_hessian_equal_plain_lax(x_shape, w_shape, kw):
+    """jax.jvp (both tangents, and one of them zero) and jax.hessian (forward over reverse) through impl="lax"."""
+    x, w, b = _data(x_shape, w_shape)
+    tx, tw, _ = _data(x_shape, w_shape, seed=5)
+    ours = lambda x, w: conv2d(x, w, b, impl="lax", **kw)
+    plain = lambda x, w: _plain(x, w, b, **kw)
+    for args, tangents in [((x, w), (tx, tw)), ((x, w), (jnp.zeros_like(x), tw))]:
+        got, want = jax.jvp(ours, args, tangents), jax.jvp(plain, args, tangents)
+        for a, r in zip(got, want):
+            np.testing.assert_allclose(a, r, **TOL)
+    np.testing.assert_allclose(jax.jvp(lambda w: ours(x, w), (w,), (tw,))[1], jax.jvp(lambda w: plain(x, w), (w,), (tw,))[1], **TOL)
+    hess = lambda f: jax.jit(jax.hessian(lambda w: jnp.sum(jnp.sin(f(x, w)))))(w)
+    np.testing.assert_allclose(hess(ours), hess(plain), **TOL)
 
 
 def test_bfloat16_gradient_dtypes_and_values():

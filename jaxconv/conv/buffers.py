@@ -16,7 +16,7 @@ are buffers, so:
   outside it to read. Each branch multiplies by 1: XLA inlines a cond whose branches only pass
   their operands through (and fuses across it again), then folds the multiplication away, so
   the branches copy nothing.
-- `lax_conv` is `lax.conv_general_dilated` whose backward reads x and dZ through `as_buffers`.
+- `lax_conv` is `lax.conv_general_dilated` whose gradient reads x and dZ through `as_buffers`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxconv.conv.guard import all_finite
 
@@ -44,21 +46,34 @@ def as_buffers(arrays, w):
     return lax.cond(all_finite(w), keep, keep, *arrays)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def lax_conv(x, w, params):
-    """`lax.conv_general_dilated(x, w, **dict(params))`; its gradient is JAX's own (the same convolutions), computed
-    from x and dZ as buffers (`as_buffers`). params: a tuple of (name, value) pairs, hashable."""
+    """`lax.conv_general_dilated(x, w, **dict(params))`, differentiated into the same convolutions JAX derives, with
+    x and dZ read as buffers by the weight and input gradients. params: a tuple of (name, value) pairs (hashable).
+
+    A custom JVP, so forward mode (jax.jvp, jax.hessian) still works: the tangent is conv(ẋ, w) + conv(x_buf, ẇ),
+    x_buf = x as a buffer (`as_buffers`, computed with the forward pass), passed through one more such cond. Reverse
+    mode transposes that cond into the backward, where it hands the cotangent dZ over as a buffer before both
+    gradient convolutions read it. A zero tangent (x the input images) drops its term.
+    """
     return lax.conv_general_dilated(x, w, **dict(params))
 
 
-def _lax_conv_fwd(x, w, params):
-    return lax_conv(x, w, params), (x, w)
+def _lax_conv_jvp(params, primals, tangents):
+    x, w = primals
+    tx, tw = tangents
+    conv = partial(lax.conv_general_dilated, **dict(params))
+    terms = []
+    if not isinstance(tx, SymbolicZero):
+        terms.append(conv(tx, w))  # transposed: dX from dZ and w
+    if not isinstance(tw, SymbolicZero):
+        (x_buf,) = as_buffers((x,), w)
+        terms.append(conv(x_buf, tw))  # transposed: dW from x and dZ, both buffers
+    z = conv(x, w)
+    if not terms:  # neither x nor w carries a tangent
+        return z, jnp.zeros_like(z)
+    (t,) = as_buffers((sum(terms[1:], terms[0]),), w)  # linear; transposed, it buffers dZ
+    return z, t
 
 
-def _lax_conv_bwd(params, res, dZ):
-    x, w = res
-    x, dZ = as_buffers((x, dZ), w)
-    return jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, **dict(params)), x, w)[1](dZ)
-
-
-lax_conv.defvjp(_lax_conv_fwd, _lax_conv_bwd)
+lax_conv.defjvp(_lax_conv_jvp, symbolic_zeros=True)
