@@ -489,6 +489,50 @@ def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
     return _stateful_runner(step, params, optimizer.init(params), state, x, y)
 
 
+def flax_resnet_step(x, y):
+    """ResNet-20 as a Flax user writes it: linen Conv (no bias) + BatchNorm (train mode, batch_stats mutable,
+    PyTorch's momentum 0.1 and eps 1e-5), 1x1 stride-2 projections, Adam; `jax.jit` with XLA's defaults."""
+    import jax
+    import optax
+    from flax import linen as fnn
+
+    def conv_bn(n_C, f, stride, h):
+        pad = (f - 1) // 2
+        h = fnn.Conv(n_C, (f, f), (stride, stride), padding=[(pad, pad)] * 2, use_bias=False)(h)
+        return fnn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)(h)
+
+    class ResNet20(fnn.Module):
+        @fnn.compact
+        def __call__(self, h):
+            h = fnn.relu(conv_bn(16, 3, 1, h))
+            n_in = 16
+            for n_C in (16, 32, 64):
+                for _ in range(3):
+                    stride = 2 if n_in != n_C else 1
+                    z = conv_bn(n_C, 3, 1, fnn.relu(conv_bn(n_C, 3, stride, h)))
+                    if n_in != n_C:
+                        h = conv_bn(n_C, 1, stride, h)
+                    h, n_in = fnn.relu(z + h), n_C
+            return fnn.Dense(10)(h.mean((1, 2)))
+
+    model = ResNet20()
+    variables = model.init(jax.random.key(0), x[:1])
+    params, state = variables["params"], variables["batch_stats"]
+    optimizer = optax.adam(1e-3)
+
+    @partial(jax.jit, donate_argnums=(0, 1, 4))
+    def step(params, opt_state, x, y, state):
+        def loss(p):
+            logits, new = model.apply({"params": p, "batch_stats": state}, x, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
+
+        (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value, new
+
+    return _stateful_runner(step, params, optimizer.init(params), state, x, y)
+
+
 def torch_resnet_step(x, y):
     """The same ResNet-20 in PyTorch eager (option-B projections, BatchNorm momentum 0.1), fused Adam."""
     import torch
@@ -539,6 +583,8 @@ def resnet_contenders(batch, args, n_devices):
     ]
     if n_devices > 1 and batch % n_devices == 0:
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_resnet_step(x, y, sharded=True)))
+    if not args.no_peers and importlib.util.find_spec("flax"):
+        out.append(("Flax linen", flax_resnet_step))
     if not args.no_peers and importlib.util.find_spec("torch"):
         out.append(("PyTorch eager", torch_resnet_step))
     return out
@@ -639,7 +685,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODEL_CHANNELS), default="lenet5",
                         help="lenet5 (default; jaxconv vs plain JAX, Flax, Equinox, PyTorch) or resnet20 (CIFAR shape, "
-                             "BatchNorm train mode: jaxconv default and impl=lax vs plain JAX with lax convs or jaxconv.conv2d, and PyTorch)")
+                             "BatchNorm train mode: jaxconv default and impl=lax vs plain JAX with lax convs or jaxconv.conv2d, Flax and PyTorch)")
     parser.add_argument("--batch-sizes", type=_common.positive_int, nargs="+", default=None,
                         help="batch sizes to measure (default: 128 and 512 for lenet5, 128 for resnet20)")
     parser.add_argument("--rounds", type=_common.positive_int, default=15, help="interleaved rounds; the median round is reported")

@@ -14,8 +14,9 @@ are buffers, so:
   (ResNet-20's step: 17.8 s against 0.44).
 - `as_buffers(arrays, w)` returns the arrays themselves out of such a cond, for a convolution
   outside it to read. Each branch multiplies by 1: XLA inlines a cond whose branches only pass
-  their operands through (and fuses across it again), then folds the multiplication away, so
-  the branches copy nothing.
+  their operands through (and fuses across it again); this one it keeps, and then folds the
+  multiplication away inside it, so the branches copy nothing (tests/test_conv_buffers.py
+  checks the compiled program still holds the cond).
 - `lax_conv` is `lax.conv_general_dilated` whose gradient reads x and dZ through `as_buffers`.
 """
 
