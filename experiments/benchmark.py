@@ -533,6 +533,80 @@ def flax_resnet_step(x, y):
     return _stateful_runner(step, params, optimizer.init(params), state, x, y)
 
 
+def equinox_resnet_step(x, y):
+    """ResNet-20 as an Equinox user writes it: per-example CHW modules under `jax.vmap(axis_name="batch")`,
+    eqx.nn.BatchNorm (EMA mode, momentum 0.9 as PyTorch's 0.1) with its state from `make_with_state`, Adam."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    f32 = {"dtype": jnp.float32}  # the benchmark's dtype, also when x64 is enabled
+
+    class ConvBN(eqx.Module):
+        conv: eqx.nn.Conv2d
+        bn: eqx.nn.BatchNorm
+
+        def __init__(self, n_C, n_C_out, f, stride, key):
+            self.conv = eqx.nn.Conv2d(n_C, n_C_out, f, stride, padding=(f - 1) // 2, use_bias=False, **f32, key=key)
+            self.bn = eqx.nn.BatchNorm(n_C_out, axis_name="batch", momentum=0.9, mode="ema", **f32)
+
+        def __call__(self, h, state):
+            return self.bn(self.conv(h), state)
+
+    class Block(eqx.Module):
+        a: ConvBN
+        b: ConvBN
+        proj: ConvBN | None
+
+        def __init__(self, n_C, n_C_out, key):
+            k = jax.random.split(key, 3)
+            stride = 2 if n_C != n_C_out else 1
+            self.a, self.b = ConvBN(n_C, n_C_out, 3, stride, k[0]), ConvBN(n_C_out, n_C_out, 3, 1, k[1])
+            self.proj = ConvBN(n_C, n_C_out, 1, stride, k[2]) if n_C != n_C_out else None
+
+        def __call__(self, h, state):
+            z, state = self.a(h, state)
+            z, state = self.b(jax.nn.relu(z), state)
+            if self.proj is not None:
+                h, state = self.proj(h, state)
+            return jax.nn.relu(z + h), state
+
+    class ResNet20(eqx.Module):
+        stem: ConvBN
+        blocks: list
+        fc: eqx.nn.Linear
+
+        def __init__(self, key):
+            k = jax.random.split(key, 11)
+            self.stem = ConvBN(3, 16, 3, 1, k[0])
+            widths = [16] + [n for n in (16, 32, 64) for _ in range(3)]
+            self.blocks = [Block(widths[i], widths[i + 1], k[1 + i]) for i in range(9)]
+            self.fc = eqx.nn.Linear(64, 10, **f32, key=k[10])
+
+        def __call__(self, h, state):  # one example, CHW
+            h, state = self.stem(h, state)
+            h = jax.nn.relu(h)
+            for block in self.blocks:
+                h, state = block(h, state)
+            return self.fc(h.mean((1, 2))), state
+
+    model, state = eqx.nn.make_with_state(ResNet20)(jax.random.key(0))
+    optimizer = optax.adam(1e-3)
+
+    @eqx.filter_jit
+    def step(model, opt_state, x, y, state):
+        def loss(m, state):
+            logits, state = jax.vmap(m, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(x, state)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state
+
+        (value, state), grads = eqx.filter_value_and_grad(loss, has_aux=True)(model, state)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, value, state
+
+    return _stateful_runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), state, jnp.transpose(x, (0, 3, 1, 2)), y)
+
+
 def torch_resnet_step(x, y):
     """The same ResNet-20 in PyTorch eager (option-B projections, BatchNorm momentum 0.1), fused Adam."""
     import torch
@@ -585,6 +659,8 @@ def resnet_contenders(batch, args, n_devices):
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_resnet_step(x, y, sharded=True)))
     if not args.no_peers and importlib.util.find_spec("flax"):
         out.append(("Flax linen", flax_resnet_step))
+    if not args.no_peers and importlib.util.find_spec("equinox"):
+        out.append(("Equinox", equinox_resnet_step))
     if not args.no_peers and importlib.util.find_spec("torch"):
         out.append(("PyTorch eager", torch_resnet_step))
     return out
@@ -685,7 +761,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODEL_CHANNELS), default="lenet5",
                         help="lenet5 (default; jaxconv vs plain JAX, Flax, Equinox, PyTorch) or resnet20 (CIFAR shape, "
-                             "BatchNorm train mode: jaxconv default and impl=lax vs plain JAX with lax convs or jaxconv.conv2d, Flax and PyTorch)")
+                             "BatchNorm train mode: jaxconv default and impl=lax vs plain JAX with lax convs or jaxconv.conv2d, Flax, Equinox and PyTorch)")
     parser.add_argument("--batch-sizes", type=_common.positive_int, nargs="+", default=None,
                         help="batch sizes to measure (default: 128 and 512 for lenet5, 128 for resnet20)")
     parser.add_argument("--rounds", type=_common.positive_int, default=15, help="interleaved rounds; the median round is reported")

@@ -147,8 +147,8 @@ def test_resnet20_flops_by_hand():
 
 @pytest.mark.slow  # ~15 s of CPU: jaxconv's and the plain-JAX init, importing torch
 def test_resnet20_contenders_have_jaxconvs_parameter_count():
-    """The plain-JAX, PyTorch and Flax ResNet-20s are the same network as models.resnet20: 272,474 parameters (and
-    Flax's step trains: its parameters, optimizer state and running statistics move)."""
+    """The plain-JAX, PyTorch, Flax and Equinox ResNet-20s are the same network as models.resnet20: 272,474
+    parameters (and the peers' steps train: every parameter moves, and Flax's optimizer state and statistics)."""
     import jax
     import numpy as np
 
@@ -166,13 +166,22 @@ def test_resnet20_contenders_have_jaxconvs_parameter_count():
     if importlib.util.find_spec("torch"):
         run = benchmark.torch_resnet_step(x, y)
         assert sum(p.numel() for p in run.model.parameters()) == 272_474
+    x_random = np.random.default_rng(0).standard_normal(x.shape, dtype=np.float32)  # zeros would leave most gradients 0
     if importlib.util.find_spec("flax"):
-        x_random = np.random.default_rng(0).standard_normal(x.shape, dtype=np.float32)  # zeros would leave most gradients 0
         run = benchmark.flax_resnet_step(jax.numpy.asarray(x_random), jax.numpy.asarray(y))
         assert count(run.state[0]) == 272_474 and count(run.state[2]) == 2 * (16 * 7 + 32 * 7 + 64 * 7)
         before = [np.asarray(a) for a in jax.tree.leaves(run.state)]
         run(1)
         after = [np.asarray(a) for a in jax.tree.leaves(run.state)]
+        assert all(np.all(np.isfinite(a)) for a in after) and all(not np.array_equal(a, b) for a, b in zip(before, after))
+    if importlib.util.find_spec("equinox"):
+        import equinox as eqx
+
+        run = benchmark.equinox_resnet_step(jax.numpy.asarray(x_random), jax.numpy.asarray(y))
+        assert count(eqx.filter(run.state[0], eqx.is_array)) == 272_474
+        before = [np.asarray(a) for a in jax.tree.leaves(eqx.filter(run.state[0], eqx.is_array))]
+        run(1)
+        after = [np.asarray(a) for a in jax.tree.leaves(eqx.filter(run.state[0], eqx.is_array))]
         assert all(np.all(np.isfinite(a)) for a in after) and all(not np.array_equal(a, b) for a, b in zip(before, after))
 
 
