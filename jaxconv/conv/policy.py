@@ -5,7 +5,8 @@ Every tuned threshold lives in `TUNED`, each with the benchmark row behind it
 tables). `resolve_impl` decides impl="auto"; `hand_algorithm` the algorithm of
 impl="hand"; `rows_block` and `taps_chunk` the fast algorithms' tiles;
 `compiler_options` which XLA:CPU library runs lax's convolutions inside
-jaxconv's compiled steps, and `jit` compiles with them (use it, or pass
+jaxconv's compiled steps, `lax_grad_on_buffers` whether their gradient reads
+buffers (`buffers.lax_conv`), and `jit` compiles with them (use it, or pass
 `compiler_options=policy.compiler_options()` to your own `jax.jit`, to get the
 programs `auto` is tuned for).
 """
