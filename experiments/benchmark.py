@@ -657,12 +657,13 @@ def resnet_contenders(batch, args, n_devices):
     ]
     if n_devices > 1 and batch % n_devices == 0:
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_resnet_step(x, y, sharded=True)))
-    if not args.no_peers and importlib.util.find_spec("flax"):
-        out.append(("Flax linen", flax_resnet_step))
-    if not args.no_peers and importlib.util.find_spec("equinox"):
-        out.append(("Equinox", equinox_resnet_step))
-    if not args.no_peers and importlib.util.find_spec("torch"):
-        out.append(("PyTorch eager", torch_resnet_step))
+    if not args.no_peers:
+        if importlib.util.find_spec("flax"):
+            out.append(("Flax linen", flax_resnet_step))
+        if importlib.util.find_spec("equinox"):
+            out.append(("Equinox", equinox_resnet_step))
+        if importlib.util.find_spec("torch"):
+            out.append(("PyTorch eager", torch_resnet_step))
     return out
 
 
