@@ -644,10 +644,18 @@ def torch_resnet_step(x, y):
     return _torch_runner(ResNet20().train(), x, y)
 
 
-def resnet_contenders(batch, args, n_devices):
-    """(name, factory) pairs for --model resnet20."""
+def _peers(args, flax_factory, equinox_factory, torch_factory):
+    """The (name, factory) pairs of the installed peers, none with --no-peers."""
     import importlib.util
 
+    if args.no_peers:
+        return []
+    named = (("flax", "Flax linen", flax_factory), ("equinox", "Equinox", equinox_factory), ("torch", "PyTorch eager", torch_factory))
+    return [(name, factory) for module, name, factory in named if importlib.util.find_spec(module)]
+
+
+def resnet_contenders(batch, args, n_devices):
+    """(name, factory) pairs for --model resnet20."""
     out = [
         ("jaxconv default", lambda x, y: jaxconv_resnet_step(x, y)),
         ("jaxconv impl=lax", lambda x, y: jaxconv_resnet_step(x, y, "lax")),
@@ -657,14 +665,7 @@ def resnet_contenders(batch, args, n_devices):
     ]
     if n_devices > 1 and batch % n_devices == 0:
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_resnet_step(x, y, sharded=True)))
-    if not args.no_peers:
-        if importlib.util.find_spec("flax"):
-            out.append(("Flax linen", flax_resnet_step))
-        if importlib.util.find_spec("equinox"):
-            out.append(("Equinox", equinox_resnet_step))
-        if importlib.util.find_spec("torch"):
-            out.append(("PyTorch eager", torch_resnet_step))
-    return out
+    return out + _peers(args, flax_resnet_step, equinox_resnet_step, torch_resnet_step)
 
 
 # ---------------------------------------------------------------------------
@@ -674,8 +675,6 @@ def resnet_contenders(batch, args, n_devices):
 
 def contenders(batch, args, n_devices):
     """(name, factory) pairs; factories build a run(n) for this batch."""
-    import importlib.util
-
     out = [
         ("jaxconv default", lambda x, y: jaxconv_step(x, y)),
         ("jaxconv impl=lax", lambda x, y: jaxconv_step(x, y, "lax")),
@@ -687,14 +686,7 @@ def contenders(batch, args, n_devices):
         out.append((f"jaxconv default, chunks of {args.chunk}", lambda x, y: jaxconv_step(x, y, chunk_size=args.chunk)))
     if n_devices > 1 and batch % n_devices == 0:
         out.append((f"jaxconv default, {n_devices} CPU devices", lambda x, y: jaxconv_step(x, y, sharded=True)))
-    if not args.no_peers:
-        if importlib.util.find_spec("flax"):
-            out.append(("Flax linen", flax_step))
-        if importlib.util.find_spec("equinox"):
-            out.append(("Equinox", equinox_step))
-        if importlib.util.find_spec("torch"):
-            out.append(("PyTorch eager", torch_step))
-    return out
+    return out + _peers(args, flax_step, equinox_step, torch_step)
 
 
 def measure_batch(batch, args, n_devices, peak):
