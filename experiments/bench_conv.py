@@ -14,7 +14,7 @@ Contenders: impl="lax", impl="hand" (the algorithm `hand_algorithm` picks for
 the layer), each other hand-rolled algorithm that applies, forced (rows, taps, im2col),
 impl="hand_autodiff", and PyTorch's conv2d (NCHW, eager) when installed. Every
 jaxconv contender is compiled as jaxconv's steps are, with
-`policy.compiler_options()` (on CPU: lax's convolutions on XLA's multi-threaded
+`jaxconv.compile.compiler_options()` (on CPU: lax's convolutions on XLA's multi-threaded
 runtime instead of YNNPACK); "lax, XLA's default libraries" is lax without them.
 fwd+bwd is the forward plus the gradient with respect to x, w and b for a
 fixed random upstream gradient. Interleaved rounds (a random order each round), warm-up excluded,
@@ -95,6 +95,7 @@ def jax_contenders(x_shape, w_shape, padding, stride=1, groups=1, autodiff=True)
     import jax
     import jax.numpy as jnp
 
+    from jaxconv import compile as compiling
     from jaxconv import conv
 
     kw = {"padding": padding, "stride": stride, "groups": groups}
@@ -109,7 +110,7 @@ def jax_contenders(x_shape, w_shape, padding, stride=1, groups=1, autodiff=True)
     for forced in conv.ALGORITHMS[1:]:
         if forced != algorithm and conv.policy.applicable(forced, w_shape, geom) is None:
             out[f"hand, {forced} forced"] = lambda x, w, b, a=forced: conv.conv2d(x, w, b, **kw, impl="hand", algorithm=a)
-    options = conv.policy.compiler_options()  # what jaxconv's compiled steps use (convolutions off YNNPACK on CPU)
+    options = compiling.compiler_options()  # what jaxconv's compiled steps use (convolutions off YNNPACK on CPU)
     if options is not None:
         out["lax, XLA's default libraries"] = out["lax"]
     runs = {}
@@ -118,7 +119,7 @@ def jax_contenders(x_shape, w_shape, padding, stride=1, groups=1, autodiff=True)
     w = jax.random.normal(k[1], w_shape, jnp.float32)
     b = jax.random.normal(k[2], (w_shape[3],), jnp.float32)
     for name, fn in out.items():
-        jit = jax.jit if name.endswith("default libraries") else conv.policy.jit
+        jit = jax.jit if name.endswith("default libraries") else compiling.jit
         fwd = jit(fn)
         dz = jax.random.normal(k[3], fwd(x, w, b).shape, jnp.float32)
 

@@ -404,7 +404,7 @@ def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
     """ResNet-20 written directly in jax.numpy, no jaxconv layers: lax convolutions and BatchNorm written
     out (conv_impl=None), or jaxconv.conv.conv2d(impl=conv_impl) and jaxconv.nn.batch_norm (the functions
     jaxconv's layers run, without the layers: the BatchNorm/combinator overhead check). options=True: compiled with jaxconv's
-    `policy.compiler_options()`, as jaxconv's own steps are (the same algorithms), else with XLA's defaults."""
+    `jaxconv.compile.compiler_options()`, as jaxconv's own steps are (the same algorithms), else with XLA's defaults."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -478,9 +478,9 @@ def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
 
     optimizer = optax.adam(1e-3)
 
-    from jaxconv.conv import policy
+    from jaxconv import compile as compiling
 
-    @partial(policy.jit if options else jax.jit, donate_argnums=(0, 1, 4))
+    @partial(compiling.jit if options else jax.jit, donate_argnums=(0, 1, 4))
     def step(params, opt_state, x, y, state):
         (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params, state, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -9,7 +9,7 @@ multi-device module).
 Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 """
 
-from jaxconv import checkpoint, data, devices, initializers, layers, models, parallel, reference, train
+from jaxconv import checkpoint, compile, data, devices, initializers, layers, models, parallel, reference, train
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.devices import cpu_devices
 from jaxconv.conv import conv2d, conv_transpose2d
@@ -102,6 +102,7 @@ __all__ = [
     "adaptive_max_pool",
     "avg_pool",
     "checkpoint",
+    "compile",
     "conv2d",
     "conv_transpose2d",
     "conv_output_size",

@@ -14,7 +14,7 @@ The training set is put on the device once; each epoch's shuffle and shifts are
 drawn on the host by NumPy (`data.epoch_draws`, nothing to compile) and each
 step's batch is cut from the set inside the compiled step (`data.cut_batch`),
 so the host queues steps without waiting for them. The steps are compiled with
-`conv.policy.compiler_options()`.
+`jaxconv.compile.compiler_options()`.
 
 Runs you can trust:
 - The checkpoint is the one source of truth. Each epoch is evaluated before
@@ -54,6 +54,7 @@ import numpy as np
 import optax
 
 from jaxconv import checkpoint, conv, data, models, parallel
+from jaxconv import compile as compiling
 from jaxconv._args import check_labels, integer
 from jaxconv.train import evaluate, make_eval_step, make_train_step, stack_params
 
@@ -275,7 +276,7 @@ def _loop_step(raw_step, batch_size: int, max_shift: int, stateful: bool):
             return raw_step(params, opt_state, x, y)
         return raw_step(params, opt_state, x, y, state, jax.random.fold_in(dropout_key, step))
 
-    return conv.policy.jit(run, donate_argnums=(0, 1))
+    return compiling.jit(run, donate_argnums=(0, 1))
 
 
 def _sharded_loop_step(sharded_step, mesh, batch_size: int, max_shift: int, stateful: bool):

@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxconv._args import integer
-from jaxconv.conv import policy
+from jaxconv import compile as compiling
 from jaxconv.nn import softmax_cross_entropy
 from jaxconv.train import make_train_step
 
@@ -369,13 +369,13 @@ def make_parallel_train_step(
     step = make_train_step(apply, optimizer, loss, ensemble=ensemble, chunk_size=chunk_size, jit=False)
     data, whole = batch_sharding(mesh), replicated_sharding(mesh)
     if stateful:
-        return policy.jit(
+        return compiling.jit(
             lambda params, opt_state, x, y, state, key: step(params, opt_state, x, y, state=state, key=key),
             in_shardings=(whole, whole, data, data, whole, whole),
             out_shardings=(whole, whole, whole, whole),
             donate_argnums=(0, 1) if donate else (),
         )
-    return policy.jit(
+    return compiling.jit(
         step,
         in_shardings=(whole, whole, data, data),  # shardings broadcast over the params / opt_state pytrees
         out_shardings=(whole, whole, whole),

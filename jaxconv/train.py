@@ -21,7 +21,7 @@ import optax
 from jax import lax
 
 from jaxconv._args import check_labels
-from jaxconv.conv import policy
+from jaxconv import compile as compiling
 from jaxconv.nn import accuracy, cost, softmax_cross_entropy
 
 
@@ -207,7 +207,7 @@ def make_train_step(
 
     if not jit:
         return step
-    compiled = policy.jit(step, donate_argnums=(0, 1) if donate else ())  # jax.jit, with jaxconv's compiler options
+    compiled = compiling.jit(step, donate_argnums=(0, 1) if donate else ())  # jax.jit, with jaxconv's compiler options
 
     def donated(params, opt_state) -> Optional[str]:
         """The error message when params or opt_state holds a buffer an earlier call donated, else None."""
@@ -272,7 +272,7 @@ def make_eval_step(apply: Callable, loss: Callable = softmax_cross_entropy) -> C
         correct = (logits.argmax(-1) == labels).astype(losses.dtype)
         return (losses * mask).sum(), (correct * mask).sum(), logits
 
-    return policy.jit(eval_step)
+    return compiling.jit(eval_step)
 
 
 def evaluate(apply: Callable, params, x, y, batch_size: int = 256, *, loss=softmax_cross_entropy, eval_step=None, state=None):
@@ -343,4 +343,4 @@ def _per_example_grads_fn(apply: Callable, loss: Callable) -> Callable:
             return loss(_float32_logits(apply(p, x_i)), y_i)  # one example: (n_H, n_W, n_C) -> scalar
         return loss(_float32_logits(apply(p, x_i, state=state, train=False)[0]), y_i)
 
-    return policy.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0, None)))
+    return compiling.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0, None)))

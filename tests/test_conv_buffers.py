@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jaxconv import compile as compiling
 from jaxconv import conv
 from jaxconv.conv import buffers, conv2d
 from jaxconv._args import LAYOUT
@@ -108,16 +109,16 @@ def test_per_example_and_ensemble_gradients_keep_the_cond(batched):
 def test_xla_keeps_the_cond_and_the_switch_turns_it_off(monkeypatch):
     """The point of `as_buffers`: XLA must keep the cond (it inlines one whose branches only return their operands, and
     fuses across it again). A jaxlib whose simplifier removes this one too fails here: the trick then needs another
-    form. TUNED["lax_grad_on_buffers"] = False gives plain lax autodiff, with no cond."""
+    form. `compile.LAX_GRAD_ON_BUFFERS_BACKENDS = ()` gives plain lax autodiff, with no cond."""
     x, w, b = _data((2, 6, 6, 3), (3, 3, 3, 4), jnp.float32)
 
-    def step(x, w):  # a new function each time: JAX caches a function's trace, and TUNED is read while tracing
+    def step(x, w):  # a new function each time: JAX caches a function's trace, and the setting is read while tracing
         return jax.grad(lambda x, w: jnp.sum(jax.nn.relu(conv2d(jax.nn.relu(x), w, padding=1, impl="lax")) ** 2), (0, 1))(x, w)
 
     hlo = jax.jit(step).lower(x, w).compile().as_text()
     assert " conditional(" in hlo
-    monkeypatch.setitem(conv.policy.TUNED, "lax_grad_on_buffers", False)
-    assert not conv.policy.lax_grad_on_buffers()
+    monkeypatch.setattr(compiling, "LAX_GRAD_ON_BUFFERS_BACKENDS", ())
+    assert not compiling.lax_grad_on_buffers()
     assert "cond[" not in str(jax.make_jaxpr(lambda x, w: step(x, w))(x, w))
 
 

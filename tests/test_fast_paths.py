@@ -16,6 +16,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from jaxconv import compile as compiling
 from jaxconv import conv, pool
 from jaxconv import reference as ref
 from jaxconv.devices import compile_cache, cpu_devices, reuse_host_memory
@@ -241,8 +242,8 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     assert conv.resolve_impl("auto") == "hand"
     assert conv.resolve_impl("lax") == "lax"
     # Without jaxconv's compiler options (YNNPACK's convolutions: a jaxlib without the option, or
-    # TUNED["cpu_ynn_fusion_types"] = None), the taps and im2col rules decide.
-    monkeypatch.setattr(conv.policy, "compiler_options", lambda backend=None: None)
+    # compiler_options(fusion_types=None)), the taps and im2col rules decide.
+    monkeypatch.setattr(compiling, "compiler_options", lambda backend=None: None)
     cases = [
         ((1, 14, 14, 6), (5, 5, 6, 16), {}, "hand"),  # rows
         ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME"}, "hand"),  # taps, 3x3 on 32x32
@@ -265,8 +266,8 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     # With them (lax's convolutions on XLA's multi-threaded runtime) but lax's gradient not on buffers, lax takes
     # every stride-1 layer of at least TUNED["lax_min_channels"] = 8 channels that rows, depthwise and pointwise
     # leave; strided layers as before.
-    monkeypatch.setattr(conv.policy, "compiler_options", lambda backend=None: {"option": "value"})
-    monkeypatch.setitem(conv.policy.TUNED, "lax_grad_on_buffers", False)
+    monkeypatch.setattr(compiling, "compiler_options", lambda backend=None: {"option": "value"})
+    monkeypatch.setattr(compiling, "LAX_GRAD_ON_BUFFERS_BACKENDS", ())
     cases = [
         ((1, 14, 14, 6), (5, 5, 6, 16), {}, "hand"),  # rows
         ((1, 32, 32, 64), (3, 3, 64, 64), {"padding": "SAME"}, "lax"),  # was taps
@@ -286,7 +287,7 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, padding="SAME")[:4]) == "hand"
     # With the gradient on buffers as well (the default on CPU), lax takes every layer rows, depthwise and pointwise
     # leave, strided and narrow ones included; the geometries whose lax gradient aborts XLA stay hand-rolled.
-    monkeypatch.setitem(conv.policy.TUNED, "lax_grad_on_buffers", True)
+    monkeypatch.setattr(compiling, "LAX_GRAD_ON_BUFFERS_BACKENDS", ("cpu",))
     cases = [
         ((1, 14, 14, 6), (5, 5, 6, 16), {}, "hand"),  # rows
         ((1, 56, 56, 64), (1, 1, 64, 128), {}, "hand"),  # pointwise
@@ -301,16 +302,14 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
 
 
 def test_compiler_options_are_cpu_only_and_known_to_this_jaxlib(monkeypatch):
-    """policy.compiler_options: a dict XLA:CPU accepts, on CPU only; None when turned off or not understood."""
-    options = conv.policy.compiler_options("cpu")
+    """compile.compiler_options: a dict XLA:CPU accepts, on CPU only; None when turned off or not understood."""
+    options = compiling.compiler_options("cpu")
     if options is not None:  # this jaxlib knows the option: the compiled step must accept it
         f = jax.jit(lambda x: conv2d(x, jnp.ones((3, 3, 8, 8)), padding=1), compiler_options=options)
         np.testing.assert_allclose(f(jnp.ones((1, 4, 4, 8))), conv2d(jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 8, 8)), padding=1, impl="lax"), rtol=1e-5)
-    assert conv.policy.compiler_options("gpu") is None and conv.policy.compiler_options("tpu") is None
-    monkeypatch.setitem(conv.policy.TUNED, "cpu_ynn_fusion_types", None)
-    assert conv.policy.compiler_options("cpu") is None
-    monkeypatch.setitem(conv.policy.TUNED, "cpu_ynn_fusion_types", "NOT_A_FUSION_TYPE")
-    assert conv.policy.compiler_options("cpu") is None  # refused by XLA: jaxconv compiles with XLA's defaults
+    assert compiling.compiler_options("gpu") is None and compiling.compiler_options("tpu") is None
+    assert compiling.compiler_options("cpu", fusion_types=None) is None
+    assert compiling.compiler_options("cpu", fusion_types="NOT_A_FUSION_TYPE") is None  # refused by XLA: jaxconv compiles with XLA's defaults
 
 
 @pytest.mark.parametrize("x_shape,w_shape,kw", [ROWS_CASES[1], TAPS_CASES[0], IM2COL_ONLY[1]])

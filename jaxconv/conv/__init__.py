@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv import _args
+from jaxconv import compile as compiling
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.conv import buffers, depthwise, im2col, pointwise, policy, rows, taps, transpose
 from jaxconv.conv.geometry import Plan, conv_geometry, lax_sum_dtype
@@ -181,7 +182,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
             ("window_strides", s), ("padding", pads), ("rhs_dilation", d), ("dimension_numbers", LAYOUT),
             ("feature_group_count", groups), ("preferred_element_type", acc),
         )
-        if policy.lax_grad_on_buffers():
+        if compiling.lax_grad_on_buffers():
             z = buffers.lax_conv(x, w, params)  # the same convolutions; the gradient reads x and dZ as buffers
         else:
             z = lax.conv_general_dilated(x, w, **dict(params))

@@ -13,12 +13,9 @@ programs `auto` is tuned for).
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import jax
-import jax.numpy as jnp
 
+from jaxconv import compile as compiling
 from jaxconv.conv.geometry import Plan, out_size, padded_size, patch_elements
 
 ALGORITHMS = ("auto", "im2col", "rows", "taps", "depthwise", "pointwise")
@@ -70,7 +67,7 @@ TUNED = {
     # (batch 64): 780 ms against 819 with taps. Strided layers keep `im2col_pays`: alone, lax beat im2col on them
     # with the options (1.01-2.04x, six layers), but the ResNet-20 step with lax there ran 803 ms against 639 ms
     # (9-round A/B): XLA then fused the BatchNorm/residual chains into slow transposes for lax's weight gradient.
-    # With the gradient on buffers (TUNED["lax_grad_on_buffers"]) that no longer happens, and `resolve_impl` gives lax
+    # With the gradient on buffers (`compile.lax_grad_on_buffers`) that no longer happens, and `resolve_impl` gives lax
     # every layer rows, depthwise and pointwise leave (this threshold then goes unused). Rows: step A/Bs of lax on the
     # strided layers and the 3-channel stems against im2col and taps there: ResNet-20 (batch 128) 0.976x and 0.984x,
     # Inception (64) 1.030x and 0.955x, MobileNet (64) 1.001x and 0.990x, the notes' network (128) 0.941x: ties in
@@ -84,64 +81,7 @@ TUNED = {
     # 26-73, not the 4,454 of the whole-batch branch at batch 512, 40 MB, which made the step 1.28x slower). The
     # step's temporary buffer: 21 MB at batch 128 (10 MB chunked), 29 MB at 512 (18): under glibc's 32 MiB mmap ceiling.
     "guard_whole_batch_bytes": 24 << 20,
-    # XLA:CPU's libraries for jaxconv's compiled steps (`compiler_options`): dots and reductions on YNNPACK,
-    # convolutions on XLA's own multi-threaded (Eigen) runtime. jaxlib 0.10's default also gives YNNPACK the
-    # convolutions, and it ran ResNet-20's 32- and 64-channel layers on one of the two cores. Rows: benchmark.py
-    # --model resnet20 with XLA_FLAGS (default 589 -> 506 ms/step, impl=lax 712 -> 639), a step A/B of the
-    # settings (default step 793 / 630 ms, lax 963 / 753; YNNPACK dots only 681, no YNNPACK 622) and LeNet-5 at
-    # batch 128 and 512 (no change: 8.8 / 8.6 ms, 30.5 / 32.0 ms, within the noise). None: XLA's own default.
-    "cpu_ynn_fusion_types": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
-    # On CPU, lax's convolutions take their gradient from x and dZ as buffers (`buffers.lax_conv`), not from the
-    # BatchNorm/ReLU/residual chains that produce them, which XLA otherwise recomputes inside the slow transposes before
-    # the weight gradient. Rows: ResNet-20 step A/Bs at batch 128, 0.917x the step's time (427 vs 466 ms, 9 rounds;
-    # custom-VJP prototypes 0.894x and 0.916x; the custom JVP kept 0.973x the custom VJP's); the layout transposes'
-    # trace time 67-75 -> 32 ms. Inception and MobileNet at batch 64: 0.994x and 1.002x.
-    "lax_grad_on_buffers": True,
 }
-
-
-_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-_JIT_TAKES_OPTIONS = "compiler_options" in inspect.signature(jax.jit).parameters  # jax >= 0.4.36 or so
-
-
-def compiler_options(backend: str | None = None) -> dict | None:
-    """XLA compiler options for jaxconv's compiled steps (`jax.jit(..., compiler_options=...)`), or None.
-
-    On CPU: which XLA:CPU library runs what (TUNED["cpu_ynn_fusion_types"]): lax
-    convolutions go to XLA's own runtime, which spreads one convolution over
-    every core, instead of YNNPACK, which ran ResNet-20's wider layers on one.
-    This touches only lax's convolutions and XLA's choice of kernels; it is
-    a per-program option, never a process-wide flag. None on GPU/TPU, when
-    TUNED["cpu_ynn_fusion_types"] is None, and when this jaxlib does not know
-    the (experimental) option: then XLA's defaults apply.
-    """
-    value = TUNED["cpu_ynn_fusion_types"]
-    if value is None or (backend or jax.default_backend()) != "cpu" or not _JIT_TAKES_OPTIONS or not _known(_YNN_OPTION, value):
-        return None
-    return {_YNN_OPTION: value}
-
-
-def lax_grad_on_buffers() -> bool:
-    """Whether lax's convolutions here take their gradient from buffers (`buffers.lax_conv`): on CPU, while
-    TUNED["lax_grad_on_buffers"]. On GPU and TPU a cond costs a round trip to the host; XLA's fusion there differs."""
-    return bool(TUNED["lax_grad_on_buffers"]) and jax.default_backend() == "cpu"
-
-
-def jit(fun, **kwargs):
-    """`jax.jit(fun, **kwargs)` with `compiler_options()` when there are any: how jaxconv compiles its steps."""
-    options = compiler_options()
-    return jax.jit(fun, **kwargs) if options is None else jax.jit(fun, compiler_options=options, **kwargs)
-
-
-@functools.lru_cache(maxsize=None)
-def _known(option: str, value: str) -> bool:
-    """Whether this jaxlib's CPU compiler accepts `option`=`value` (one tiny compile, once per process)."""
-    try:
-        # a shape, not an array: this may run while another function is being traced (resolve_impl)
-        jax.jit(lambda x: x + 1).lower(jax.ShapeDtypeStruct((1,), jnp.float32)).compile(compiler_options={option: value})
-    except Exception:  # noqa: BLE001  (jaxlib raises XlaRuntimeError / ValueError for an unknown option or value)
-        return False
-    return True
 
 
 def applicable(algorithm: str, w_shape, geom) -> str | None:
@@ -287,7 +227,7 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     the options but without buffers, "lax" for stride-1 layers of at least
     TUNED["lax_min_channels"] input channels per group. The rest, and every layer
     without the options (a jaxlib that lacks the option, or
-    TUNED["cpu_ynn_fusion_types"] = None: YNNPACK's convolutions), take "hand"
+    `compiler_options(fusion_types=None)`: YNNPACK's convolutions), take "hand"
     where taps pays (`taps_pays`: 3x3 and 1x1 filters
     on images larger than about 16x16, not square layers of fewer than 64
     channels) or im2col pays (`im2col_pays`: strided 3x3 layers with a small
@@ -305,8 +245,8 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
         return "hand"
     if lax_grad_aborts(x_shape, w_shape, geom):
         return "hand"
-    if compiler_options() is not None:  # XLA's multi-threaded convolution, in jaxconv's compiled steps
-        if lax_grad_on_buffers():
+    if compiling.compiler_options() is not None:  # XLA's multi-threaded convolution, in jaxconv's compiled steps
+        if compiling.lax_grad_on_buffers():
             return "lax"
         if geom[1] == (1, 1) and w_shape[2] >= TUNED["lax_min_channels"]:
             return "lax"
