@@ -76,9 +76,9 @@ def test_flatten_permutation_matches_nchw_flatten_by_hand():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(2, 3, 4))
     w_torch = rng.normal(size=(5, 24))
-    w_jax = interop._dense_from_torch(w_torch, (2, 3, 4))
+    w_jax = interop.CONVERSIONS["dense"][0](w_torch, (2, 3, 4))
     np.testing.assert_allclose(a.reshape(-1) @ w_jax, w_torch @ a.transpose(2, 0, 1).reshape(-1), rtol=1e-12)
-    assert np.array_equal(interop._dense_to_torch(w_jax, (2, 3, 4)), w_torch)
+    assert np.array_equal(interop.CONVERSIONS["dense"][1](w_jax, (2, 3, 4)), w_torch)
 
 
 def test_numpy_round_trip_is_bit_identical_without_torch(lenet):
@@ -391,6 +391,40 @@ def test_safetensors_errors(lenet, tmp_path):
         interop.save_safetensors(path, {"conv1": {"a.b": jnp.ones(1)}})
     with pytest.raises(TypeError, match=r"save_safetensors: `params` must be a nested dict of arrays, got list"):
         interop.save_safetensors(path, [1])
+
+
+def test_safetensors_truncated_or_foreign_file_is_a_one_line_value_error(lenet, tmp_path):
+    pytest.importorskip("safetensors.numpy")
+    model, _, _ = lenet
+    _, params = model.init(jax.random.key(5), (-1, 32, 32, 1))
+    path = tmp_path / "p.safetensors"
+    interop.save_safetensors(str(path), params)
+    whole = path.read_bytes()
+    cases = {"truncated": whole[: len(whole) // 2], "header only": whole[:8], "empty": b"", "foreign": b"PK\x03\x04 a zip file"}
+    for what, raw in cases.items():
+        path.write_bytes(raw)
+        with pytest.raises(ValueError, match=r"load_safetensors: '.*p.safetensors' is not a readable safetensors file .*; it may be truncated"):
+            interop.load_safetensors(str(path), params)
+
+
+def test_from_torch_refuses_integer_tensors_for_float_parameters():
+    rows = interop.lenet5_name_map()
+    sd = _numpy_state_dict()
+    sd["conv1.bias"] = np.arange(6, dtype=np.int64)
+    with pytest.raises(TypeError, match=r"from_torch: parameters and running statistics must be floating-point tensors, got \['conv1.bias \(int64\)'\]; convert"):
+        interop.from_torch(sd, rows)
+
+
+def test_conv_conversion_is_the_layout_permutation_in_any_spatial_rank():
+    """PyTorch's O I *spatial -> jaxconv's *spatial I O for 1-D (OIW), 2-D (OIHW) and 3-D (OIDHW) filters, and back."""
+    conv_from, conv_to, _ = interop.CONVERSIONS["conv"]
+    rng = np.random.default_rng(0)
+    for shape in ((4, 3, 5), (4, 3, 5, 2), (4, 3, 5, 2, 6)):
+        w = rng.normal(size=shape)
+        got = conv_from(w)
+        want = np.moveaxis(np.moveaxis(w, 0, -1), 0, -2)  # O to the end, then I before it
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(conv_to(got), w)
 
 
 # --------------------------------------------------------------------------- the experiment script
