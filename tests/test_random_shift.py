@@ -1,5 +1,6 @@
-"""data.random_shift's one-gather batch path equals the per-image loop it replaced, draw for draw; data.take_batch (on the
-device) equals batches() + random_shift()."""
+"""data.random_shift's one-gather batch path equals the per-image loop it replaced, draw for draw; data.cut_batch (the
+training loop's, inside a compiled step) cuts and shifts the batches of batches() + random_shift() when given their draws;
+data.epoch_draws' draws are fixed by (seed, epoch)."""
 
 import jax
 import numpy as np
@@ -39,34 +40,24 @@ def test_random_shift_by_hand():
         assert got[i].sum() == 1.0 and got[i, 4 + dy, 3 + dx, 0] == 1.0
 
 
-def test_take_batch_is_batches_then_random_shift_on_the_device():
-    """data.take_batch (the training loop's, on the device) gives the host pair's batches, draw for draw."""
+def test_cut_batch_is_batches_then_random_shift_on_the_device():
+    """data.cut_batch, given the host pair's draws (batches' permutation, random_shift's shifts), gives its batches."""
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((13, 9, 6, 3)).astype(np.float32)  # 13 = 3 batches of 4, one example left out
-    y = rng.integers(0, 10, 13).astype(np.int32)
+    m, B = 13, 4  # 3 batches of 4, one example left out
+    x = rng.standard_normal((m, 9, 6, 3)).astype(np.float32)
+    y = rng.integers(0, 10, m).astype(np.int32)
     epoch_key, shift_key = jax.random.key(2), jax.random.key(3)
-    order = jax.random.permutation(epoch_key, 13)  # what batches(key=epoch_key) draws
+    order = jax.random.permutation(epoch_key, m)  # what batches(key=epoch_key) draws
     x_dev, y_dev = jax.device_put(x), jax.device_put(y)
-    for k, (xb, yb) in enumerate(data.batches(x, y, 4, key=epoch_key, drop_last=True)):
-        step_key = jax.random.fold_in(shift_key, k)
-        for s in (0, 2):
-            got_x, got_y = data.take_batch(x_dev, y_dev, order, k, 4, s, step_key if s else None)
-            np.testing.assert_array_equal(np.asarray(got_x), data.random_shift(xb, s, step_key) if s else xb)
+    for s in (0, 2):
+        step_keys = [jax.random.fold_in(shift_key, k) for k in range(m // B)]
+        shifts = np.stack([jax.random.randint(key, (B, 2), -s, s + 1) for key in step_keys])  # random_shift's draws
+        cut = jax.jit(lambda k: data.cut_batch(x_dev, y_dev, order, shifts, k, B, s))  # k traced, as in the loop's step
+        for k, (xb, yb) in enumerate(data.batches(x, y, B, key=epoch_key, drop_last=True)):
+            got_x, got_y = cut(k)
+            np.testing.assert_array_equal(np.asarray(got_x), data.random_shift(xb, s, step_keys[k]) if s else xb)
             np.testing.assert_array_equal(np.asarray(got_y), yb)
             assert got_x.dtype == x.dtype and got_y.dtype == y.dtype
-
-
-def test_take_batch_refuses_bad_arguments_by_name():
-    x, y = np.zeros((8, 4, 4, 1), np.float32), np.zeros(8, np.int32)
-    order = np.arange(8)
-    with pytest.raises(ValueError, match=r"take_batch: batch `k`=2 of 4 ends past the 8 examples; use k in 0..1"):
-        data.take_batch(x, y, order, 2, 4)
-    with pytest.raises(ValueError, match=r"take_batch: `max_shift`=2 needs the step's random `key`"):
-        data.take_batch(x, y, order, 0, 4, 2)
-    with pytest.raises(ValueError, match=r"take_batch: `x`, `y` and `order` must hold the same m examples"):
-        data.take_batch(x, y, order[:7], 0, 4)
-    with pytest.raises(ValueError, match=r"take_batch: `x` must have shape \(m, n_H, n_W, n_C\), got \(8, 16\)"):
-        data.take_batch(x.reshape(8, 16), y, order, 0, 4)
 
 
 def test_epoch_draws_are_a_permutation_and_shifts_in_range_fixed_by_seed_and_epoch():
