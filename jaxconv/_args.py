@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Sequence, Union
 
+import jax.numpy as jnp
+
 # The one fixed layout of jaxconv: activations NHWC, filters HWIO.
 LAYOUT = ("NHWC", "HWIO", "NHWC")
 
@@ -180,6 +182,16 @@ def check_rank(x, op: str, name: str = "x"):
     if ndim == 3:
         return x[None], True
     return x, False
+
+
+def check_floating(x, op: str, name: str = "x"):
+    """Refuse a non-floating `x` (ints, bools) for ops whose result is a mean or a normalisation."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{op}: `{name}` must be a floating-point array (float16, bfloat16, float32 or float64), got {dtype}; "
+            f"cast it first, e.g. x.astype(jnp.float32)."
+        )
 
 
 def conv_output_size(n: int, f: int, p: int = 0, s: int = 1, d: int = 1) -> int:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from jaxconv._args import check_labels
+from jaxconv._args import check_floating, check_labels
 
 
 def dense(x, w, b=None):
@@ -39,6 +41,8 @@ def dense(x, w, b=None):
         )
     if b is not None and tuple(b.shape) != (w.shape[1],):
         raise ValueError(f"dense: `b` must have shape (n_out,) = ({w.shape[1]},), got {tuple(b.shape)}.")
+    if x.dtype != w.dtype:
+        raise TypeError(f"dense: `x` ({x.dtype}) and `w` ({w.dtype}) must have the same dtype; cast one with .astype().")
     if _sum_dtype(x.dtype) is None:
         y = x @ w  # (m, n_out)
         return y if b is None else y + b
@@ -57,13 +61,32 @@ def flatten(x):
         return x.reshape(-1)
     if getattr(x, "ndim", 0) < 2:
         raise ValueError(f"flatten: `x` must have a batch axis and features, got shape {getattr(x, 'shape', None)}.")
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit: -1 is undefined for an empty batch
 
 
-# Activations: elementwise, any shape; each derivative (at the kinks too) is PyTorch's.
-relu = jax.nn.relu
-sigmoid = jax.nn.sigmoid
-tanh = jnp.tanh
+# Activations: elementwise on a floating array of any shape; each derivative (at the kinks too) is PyTorch's.
+
+
+def _floating(z, op):
+    """z as an array, refused unless floating (an activation of ints or bools has no derivative to take)."""
+    z = z if hasattr(z, "dtype") else jnp.asarray(z)
+    check_floating(z, op, "z")
+    return z
+
+
+def relu(z):
+    """max(z, 0); derivative 0 at z = 0 (as PyTorch). Any shape -> same shape."""
+    return jax.nn.relu(_floating(z, "relu"))
+
+
+def sigmoid(z):
+    """σ(z) = 1 / (1 + e⁻ᶻ). Any shape -> same shape."""
+    return jax.nn.sigmoid(_floating(z, "sigmoid"))
+
+
+def tanh(z):
+    """tanh(z). Any shape -> same shape."""
+    return jnp.tanh(_floating(z, "tanh"))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -127,11 +150,13 @@ def leaky_relu(z, negative_slope=0.01):
     [-1.0, 3.0]
     """
     a = _number("leaky_relu", "negative_slope", negative_slope)
+    z = _floating(z, "leaky_relu")
     return jnp.where(z > 0, z, a * z)
 
 
 def relu6(z):
     """min(max(z, 0), 6); derivative 1 on (0, 6), 0 elsewhere (kinks included, as PyTorch). Any shape."""
+    z = _floating(z, "relu6")
     return jnp.where(z <= 0, jnp.zeros_like(z), jnp.where(z >= 6, jnp.full_like(z, 6), z))
 
 
@@ -145,12 +170,13 @@ def gelu(z, approximate=False):
         raise TypeError(
             f"gelu: `approximate` must be True or False, got {approximate!r}; for PyTorch's approximate='tanh' pass True."
         )
-    return jax.nn.gelu(z, approximate=approximate)
+    return jax.nn.gelu(_floating(z, "gelu"), approximate=approximate)
 
 
 def elu(z, alpha=1.0):
     """z for z > 0, alpha·(eᶻ − 1) otherwise. Any shape -> same shape."""
     a = _number("elu", "alpha", alpha)
+    z = _floating(z, "elu")
     return jnp.where(z > 0, z, a * jnp.expm1(jnp.where(z > 0, 0, z)))  # inner where: no overflow in the unused branch
 
 
@@ -160,13 +186,14 @@ def softplus(z, beta=1.0, threshold=20.0):
     t = _number("softplus", "threshold", threshold)
     if b <= 0:
         raise ValueError(f"softplus: `beta` must be > 0, got {beta!r}; use beta=1.0 for the plain softplus.")
+    z = _floating(z, "softplus")
     bz = b * z
     return jnp.where(bz > t, z, jnp.log1p(jnp.exp(jnp.where(bz > t, t, bz))) / b)  # inner where: no overflow
 
 
 def silu(z):
     """z·σ(z), also called swish. Any shape -> same shape."""
-    return jax.nn.silu(z)
+    return jax.nn.silu(_floating(z, "silu"))
 
 
 swish = silu
@@ -174,12 +201,23 @@ swish = silu
 
 def softmax(z, axis=-1):
     """softmax(z)_k = exp(z_k) / Σ_j exp(z_j) along `axis`, computed stably."""
-    return jax.nn.softmax(z, axis=axis)
+    z = _floating(z, "softmax")
+    return jax.nn.softmax(z, axis=_axis(axis, z.ndim, "softmax"))
 
 
 def log_softmax(z, axis=-1):
     """log softmax(z) along `axis`, computed stably (z − logsumexp(z))."""
-    return jax.nn.log_softmax(z, axis=axis)
+    z = _floating(z, "log_softmax")
+    return jax.nn.log_softmax(z, axis=_axis(axis, z.ndim, "log_softmax"))
+
+
+def _axis(axis, ndim, op):
+    """`axis` checked against z's rank: an int in [-ndim, ndim)."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"{op}: `axis` must be an int, got {axis!r}; pass e.g. axis=-1 (the last axis).")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: `axis` (={axis}) is out of range for `z` of rank {ndim}; use an axis in [{-ndim}, {ndim}).")
+    return axis
 
 
 def softmax_cross_entropy(logits, labels):
@@ -200,6 +238,7 @@ def softmax_cross_entropy(logits, labels):
     """
     if getattr(logits, "ndim", 0) not in (1, 2):
         raise ValueError(f"softmax_cross_entropy: `logits` must have shape (m, K) or (K,), got {getattr(logits, 'shape', None)}.")
+    check_floating(logits, "softmax_cross_entropy", "logits")
     labels = jnp.asarray(labels)
     logp = jax.nn.log_softmax(logits, axis=-1)  # (m, K)
     if jnp.issubdtype(labels.dtype, jnp.integer):
@@ -232,8 +271,17 @@ def accuracy(logits, labels):
     Integer labels outside [0, K) raise a ValueError in eager calls; under jit
     they are not checked (see `softmax_cross_entropy`).
     """
+    if getattr(logits, "ndim", 0) not in (1, 2):
+        raise ValueError(f"accuracy: `logits` must have shape (m, K) or (K,), got {getattr(logits, 'shape', None)}.")
     labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
+    integer = jnp.issubdtype(labels.dtype, jnp.integer)
+    want = logits.shape[:-1] if integer else logits.shape
+    if labels.shape != want:
+        raise ValueError(
+            f"accuracy: {'integer' if integer else 'one-hot'} `labels` must have shape {want}, got {labels.shape}; "
+            f"pass one class index per example (shape {logits.shape[:-1]}) or one-hot rows (shape {logits.shape})."
+        )
+    if not integer:
         labels = labels.argmax(-1)
     else:
         check_labels(labels, logits.shape[-1], "accuracy")

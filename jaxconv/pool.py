@@ -260,6 +260,7 @@ def avg_pool(x, window=2, stride=None, padding=0, count_include_pad=True, ceil_m
     [[3.75, 1.25], [3.75, 2.0]]
     """
     x, single = _args.check_rank(x, "avg_pool")
+    _args.check_floating(x, "avg_pool")
     f, s, pads, out_shape = pool_geometry(x.shape, window, stride, padding, "avg_pool", 1, ceil_mode)
     if divisor_override is not None and (
         isinstance(divisor_override, bool) or not isinstance(divisor_override, int) or divisor_override == 0
@@ -323,6 +324,11 @@ def _adaptive_sizes(x_shape, output_size, op):
         output_size = (output_size, output_size)
     if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
         raise TypeError(f"{op}: `output_size` must be an int or a pair (n_H', n_W') (None keeps that size), got {output_size!r}.")
+    if 0 in x_shape[1:3]:
+        raise ValueError(
+            f"{op}: `x` must have n_H, n_W >= 1 to pool adaptively (as PyTorch), got (n_H, n_W) = {tuple(x_shape[1:3])}; "
+            f"drop empty images before pooling."
+        )
     sizes = tuple(n if o is None else o for n, o in zip(x_shape[1:3], output_size))
     return _args.pair(sizes, "output_size", op, minimum=1)
 
@@ -342,6 +348,7 @@ def adaptive_avg_pool(x, output_size):
     [[0.5, 2.0, 3.5]]
     """
     x, single = _args.check_rank(x, "adaptive_avg_pool")
+    _args.check_floating(x, "adaptive_avg_pool")
     o = _adaptive_sizes(x.shape, output_size, "adaptive_avg_pool")
     n = x.shape[1:3]
     if n[0] % o[0] == 0 and n[1] % o[1] == 0:

@@ -175,6 +175,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
                 f"conv2d: `algorithm` {algorithm!r} needs {why}; use algorithm='im2col' (any geometry) or 'auto'."
             )
         impl = "hand" if impl == "auto" else impl
+    if 0 in x.shape or 0 in w_shape:  # an empty batch, image or filter bank: lax's empty (or bias-only) result
+        impl = "lax"
     impl = resolve_impl(impl, x.shape, w_shape, geom)
     if impl == "lax":
         acc = lax_sum_dtype(x.dtype)  # float32 for bfloat16/float16, as the hand-rolled algorithms sum
