@@ -22,7 +22,7 @@ from jaxconv.layers.conv import Conv2D, ConvTranspose2D, Dense
 from jaxconv.layers.core import Layer, Params, call_layer, init_state_of
 from jaxconv.layers.dtypes import FLOAT_DTYPES
 from jaxconv.layers.norm import BatchNorm, Dropout
-from jaxconv.layers.pool import AdaptiveAvgPool, AdaptiveMaxPool, AvgPool, GlobalAvgPool, MaxPool, Flatten
+from jaxconv.layers.pool import AdaptiveAvgPool, AdaptiveMaxPool, AvgPool, Flatten, GlobalAvgPool, MaxPool
 
 __all__ = [
     "FLOAT_DTYPES",

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jaxconv.layers.core import Layer, call_layer, check_count, init_state_of, inside, make_layer, parameter_free
 
 
-def _named(op, layers, names_by="kind"):
+def _named(op, layers):
     """(name, Layer) pairs: explicit (name, Layer) pairs kept, bare layers named kind + position (conv1, relu1, ...)."""
     named, counts = [], {}
     for item in layers:
