@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _float(dtype):
+def float_dtype(dtype):
     """dtype, or JAX's default float dtype (float32; float64 with jax_enable_x64) when None."""
     return jnp.dtype(dtype) if dtype is not None else jax.dtypes.canonicalize_dtype(jnp.float64)
 
@@ -29,43 +29,44 @@ def _fans(shape):
 
 def he_normal(key, shape, dtype=None):
     """N(0, 2/fan_in): keeps activation variance through ReLU layers (He et al. 2015). The default."""
-    fan_in, dtype = _fans(shape)[0], _float(dtype)
+    fan_in, dtype = _fans(shape)[0], float_dtype(dtype)
     return _draw("normal", key, shape, dtype) * np.asarray(math.sqrt(2.0 / fan_in), dtype)
 
 
 def glorot_uniform(key, shape, dtype=None):
     """U(−a, a), a = sqrt(6/(fan_in + fan_out)) (Glorot & Bengio 2010), for tanh/sigmoid nets."""
     fan_in, fan_out = _fans(shape)
-    limit, dtype = math.sqrt(6.0 / (fan_in + fan_out)), _float(dtype)
+    limit, dtype = math.sqrt(6.0 / (fan_in + fan_out)), float_dtype(dtype)
     return (_draw("uniform", key, shape, dtype) * np.asarray(2, dtype) - np.asarray(1, dtype)) * np.asarray(limit, dtype)
 
 
 def lecun_normal(key, shape, dtype=None):
     """N(0, 1/fan_in) (LeCun et al. 1998)."""
-    fan_in, dtype = _fans(shape)[0], _float(dtype)
+    fan_in, dtype = _fans(shape)[0], float_dtype(dtype)
     return _draw("normal", key, shape, dtype) * np.asarray(math.sqrt(1.0 / fan_in), dtype)
 
 
 def zeros(key, shape, dtype=None):
     """All zeros (the default for biases)."""
     del key
-    return (np if _POOL.get() is not None else jnp).zeros(shape, _float(dtype))
+    return (np if _POOL.get() is not None else jnp).zeros(shape, float_dtype(dtype))
 
 
 def ones(key, shape, dtype=None):
     """All ones (BatchNorm's scale gamma)."""
     del key
-    return (np if _POOL.get() is not None else jnp).ones(shape, _float(dtype))
+    return (np if _POOL.get() is not None else jnp).ones(shape, float_dtype(dtype))
 
 
 # ----------------------------------------------------------------------------- the init key
 # A model's init draws one array per parameter. With JAX's default threefry keys each draw of
-# a new shape is a threefry program that XLA compiles for seconds on CPU (LeNet-5's init took
-# 7-11 s in a fresh process). Layer.init therefore runs the whole init as one compiled program
-# keyed by `init_key(key)`: a key of a small counter-based hash generator (murmur3's 32-bit
-# finaliser over key words and element counters), which compiles in milliseconds. It is
-# deterministic in the user's key and statistically fine for initialisation; it is NOT a
-# cryptographic or training-time generator (dropout keys stay the user's threefry keys).
+# a new shape is a threefry program that XLA compiles on its own, slowly on CPU, so a model's
+# init was dominated by compiling (docs/benchmarks.md#init-compile). Layer.init therefore runs
+# the whole init as one compiled program keyed by `init_key(key)`: a key of a small counter-based
+# hash generator (murmur3's 32-bit finaliser over key words and element counters), which is
+# quick to compile. It is deterministic in the user's key and statistically fine for
+# initialisation; it is NOT a cryptographic or training-time generator (dropout keys stay the
+# user's threefry keys).
 
 _GOLDEN = 0x9E3779B9
 
@@ -129,11 +130,11 @@ def init_key(key):
 
 # ----------------------------------------------------------------------------- pooled draws
 # Even with the hash key, every draw and every scaling of a new shape is a program for XLA to
-# compile (compiled as one jit, XLA still makes a fusion per leaf: ResNet-20's 65 leaves took
-# seconds). Inside Layer.init the built-in initialisers therefore take their standard normal /
-# U(0, 1) values from ONE draw per (distribution, dtype), as numpy slices in the order of the
-# calls: a first pass (traced only) counts the values, one small compiled draw per dtype makes
-# them, and a second pass (eager, numpy) slices and scales. User initialisers still run as jax code.
+# compile (compiled as one jit, XLA still makes a fusion per leaf, and ResNet-20 has 65 leaves).
+# Inside Layer.init the built-in initialisers therefore take their standard normal / U(0, 1)
+# values from ONE draw per (distribution, dtype), as numpy slices in the order of the calls: a
+# first pass (traced only) counts the values, one small compiled draw per dtype makes them, and
+# a second pass (eager, numpy) slices and scales. User initialisers still run as jax code.
 
 _POOL = contextvars.ContextVar("jaxconv_init_pool", default=None)
 

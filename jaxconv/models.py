@@ -6,7 +6,7 @@ where it is computed stably. Models with BatchNorm carry state: build it with
 `model.init_state(input_shape)` and pass `state=` to apply (see jaxconv.layers).
 `dtype=None` gives params of JAX's default float dtype; `compute_dtype` (e.g. "bfloat16")
 runs every Conv2D, Dense and BatchNorm in that dtype with params kept in `dtype` (mixed
-precision: see jaxconv.layers and README "Conventions"); the logits are then of compute_dtype.
+precision: see jaxconv.layers.dtypes); the logits are then of compute_dtype.
 `impl` and `algorithm` go to every Conv2D (see `jaxconv.conv2d`): e.g. lenet5(impl="hand",
 algorithm="im2col") runs the notes' im2col and its hand-derived backward in both layers; an
 algorithm that does not fit some layer (taps on a stride-2 conv) fails naming that layer.

@@ -101,9 +101,8 @@ def batch_norm(x, gamma, beta, eps=1e-5):
         dβ = Σ dy,   dγ = Σ dy · x̂,   dx = (γ · r / n) · (n · dy − dβ − x̂ · dγ)
 
     plus the terms of cotangents of μ and σ², if any (dμ / n + dσ² · 2 (x − μ) / n). Two sums
-    and one elementwise pass, where autodiff of the forward made XLA run more (ResNet-20's
-    (128, 32, 32, 16) layer with ReLU, forward + backward: 17.6 -> 8.2 ms). `layers.BatchNorm`
-    uses it in train mode; tests/test_state.py checks it against autodiff, finite differences
+    and one elementwise pass, where autodiff of the forward made XLA run more passes over x
+    (docs/benchmarks.md#batchnorm-backward). `layers.BatchNorm` uses it in train mode; tests/test_state.py checks it against autodiff, finite differences
     and PyTorch.
 
     Args:

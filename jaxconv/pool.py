@@ -125,9 +125,9 @@ def _tiles(x, f):
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _tiled_max(x, f):
     """Without a gradient (evaluation, inference): the elementwise max of the f_H·f_W strided slices, which
-    XLA fuses with the ops producing x (LeNet-5's eval step at batch 256: 0.84x the time of the reduction
-    below). With one (`_tiled_max_fwd`), the reduction over the tiles: the slices made the training step
-    slower (0.90x its speed), and the backward reads the tiles anyway."""
+    XLA fuses with the ops producing x, so the evaluation step is quicker than with the reduction below.
+    With one (`_tiled_max_fwd`), the reduction over the tiles: the slices made the training step slower,
+    and the backward reads the tiles anyway (docs/benchmarks.md#tiled-max-pool)."""
     y = None
     for i in range(f[0]):
         for j in range(f[1]):
@@ -228,8 +228,8 @@ def max_pool(x, window=2, stride=None, padding=0, dilation=1, ceil_mode=False, r
     window_pads = _window_pads(x.shape, f, s, pads, d, out_shape)  # pads, grown by ceil mode's overhang
     if tiles(f, s, window_pads, d):
         # Same values and gradients as reduce_window, faster gradient. The rows/columns no window reads are
-        # sliced off first (a no-op when f divides n): (128, 35, 35, 8) -> 17x17 had taken XLA's generic
-        # reduce-window and its gradient, a quarter of the notes' network's step on 39x39x3 inputs.
+        # sliced off first (a no-op when f divides n), so a 35x35 input pooled to 17x17 takes this path too
+        # rather than XLA's generic reduce-window and its slow gradient (docs/benchmarks.md#tiled-max-pool).
         y = _tiled_max(x[:, : out_shape[1] * f[0], : out_shape[2] * f[1]], f)
     elif d != (1, 1):
         y = _dilated_max(x, f, s, window_pads, d)  # lax has no VJP for a dilated max window
@@ -318,8 +318,9 @@ def adaptive_windows(n, n_out):
     return (i * n) // n_out, -(-((i + 1) * n) // n_out)
 
 
-def _adaptive_sizes(x_shape, output_size, op):
-    """Normalise output_size (int, pair, None entries keep the input size) to (n_H', n_W')."""
+def adaptive_output_size(x_shape, output_size, op):
+    """(n_H', n_W') of adaptive pooling of an (m, n_H, n_W, n_C) input: output_size (an int, or a pair
+    whose None entries keep the input's size) normalised and checked, errors naming `op`."""
     if output_size is None or isinstance(output_size, int):
         output_size = (output_size, output_size)
     if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
@@ -349,7 +350,7 @@ def adaptive_avg_pool(x, output_size):
     """
     x, single = _args.check_rank(x, "adaptive_avg_pool")
     _args.check_floating(x, "adaptive_avg_pool")
-    o = _adaptive_sizes(x.shape, output_size, "adaptive_avg_pool")
+    o = adaptive_output_size(x.shape, output_size, "adaptive_avg_pool")
     n = x.shape[1:3]
     if n[0] % o[0] == 0 and n[1] % o[1] == 0:
         f = (n[0] // o[0], n[1] // o[1])
@@ -399,7 +400,7 @@ def adaptive_max_pool(x, output_size, return_indices=False):
       first maximum of each window in row-major order.
     """
     x, single = _args.check_rank(x, "adaptive_max_pool")
-    o = _adaptive_sizes(x.shape, output_size, "adaptive_max_pool")
+    o = adaptive_output_size(x.shape, output_size, "adaptive_max_pool")
     n = x.shape[1:3]
     if n[0] % o[0] == 0 and n[1] % o[1] == 0:
         f = (n[0] // o[0], n[1] // o[1])

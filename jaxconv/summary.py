@@ -11,6 +11,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxconv.layers import call_layer, init_state_of
+
 
 class SummaryRow(NamedTuple):
     """One layer of a summary; shape and counts are per example (no batch axis)."""
@@ -49,9 +51,7 @@ def _size_of(shape):
 
 
 def _apply_shape(layer, params, state, x):
-    from jaxconv.layers import _call  # the one place that knows every apply's protocol
-
-    return jax.eval_shape(lambda p, s, x: _call(layer, p, x, s, None, False, {})[0], params, state, x)
+    return jax.eval_shape(lambda p, s, x: call_layer(layer, p, x, s, None, False, {})[0], params, state, x)
 
 
 def _rows(name, layer, params, state, x, depth):
@@ -99,8 +99,6 @@ def summary(layer, input_shape) -> list[SummaryRow]:
 
     The first row is the input. Totals: the sum of the depth-0 rows.
     """
-    from jaxconv.layers import _init_state
-
     input_shape = tuple(input_shape)
     if input_shape and input_shape[0] == -1:
         input_shape = (1, *input_shape[1:])
@@ -110,7 +108,7 @@ def summary(layer, input_shape) -> list[SummaryRow]:
         return layer.init(k, input_shape)[1]
 
     params = jax.eval_shape(init, key)
-    state = jax.eval_shape(lambda: _init_state(layer, input_shape)[1])
+    state = jax.eval_shape(lambda: init_state_of(layer, input_shape)[1])
     dtype = jax.tree_util.tree_leaves(params)[0].dtype if jax.tree_util.tree_leaves(params) else jnp.float32
     rows = [SummaryRow("input", input_shape[1:], math.prod(input_shape[1:]), 0, 0)]
     x = jax.ShapeDtypeStruct(input_shape, dtype)

@@ -1,0 +1,62 @@
+"""Layer constructors over the functional ops, and combinators to compose them.
+
+Every layer follows one contract (stated in full in `jaxconv.layers.core`):
+`init(key, input_shape) -> (output_shape, params)`, `init_state(input_shape) -> (output_shape, state)`,
+`apply(params, x, *, state=None, key=None, train=False) -> y` (or `(y, new_state)` when `state` is given).
+
+One job per module:
+
+- `core`: the contract, `Layer`, building layers (`make_layer`, `parameter_free`), calling them
+  (`call_layer`, `init_state_of`) and the shared argument checks;
+- `dtypes`: the dtype policy (`FLOAT_DTYPES`, promotion, `compute_dtype`);
+- `conv`: the layers with weights (Conv2D, ConvTranspose2D, Dense);
+- `pool`: pooling, GlobalAvgPool and Flatten;
+- `activations`: Relu, LeakyRelu, ..., Softmax;
+- `norm`: the mode-dependent layers (BatchNorm, Dropout);
+- `combinators`: serial, parallel, residual and the branching layers.
+"""
+
+from jaxconv.layers.activations import Elu, Gelu, LeakyRelu, LogSoftmax, Relu, Relu6, Sigmoid, Silu, Softmax, Softplus, Tanh
+from jaxconv.layers.combinators import fan_in_concat, fan_in_sum, fan_out, identity, parallel, residual, serial
+from jaxconv.layers.conv import Conv2D, ConvTranspose2D, Dense
+from jaxconv.layers.core import Layer, Params, call_layer, init_state_of
+from jaxconv.layers.dtypes import FLOAT_DTYPES
+from jaxconv.layers.norm import BatchNorm, Dropout
+from jaxconv.layers.pool import AdaptiveAvgPool, AdaptiveMaxPool, AvgPool, Flatten, GlobalAvgPool, MaxPool
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
+    "AvgPool",
+    "BatchNorm",
+    "Conv2D",
+    "ConvTranspose2D",
+    "Dense",
+    "Dropout",
+    "Elu",
+    "Flatten",
+    "Gelu",
+    "GlobalAvgPool",
+    "Layer",
+    "LeakyRelu",
+    "LogSoftmax",
+    "MaxPool",
+    "Params",
+    "Relu",
+    "Relu6",
+    "Sigmoid",
+    "Silu",
+    "Softmax",
+    "Softplus",
+    "Tanh",
+    "call_layer",
+    "fan_in_concat",
+    "fan_in_sum",
+    "fan_out",
+    "identity",
+    "init_state_of",
+    "parallel",
+    "residual",
+    "serial",
+]
