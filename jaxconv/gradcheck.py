@@ -82,7 +82,7 @@ class GradcheckReport(NamedTuple):
         return all(row.ok for row in self.rows)
 
     def max_rel(self, against: str) -> float:
-        """The largest relative error over the leaves against 'finite differences' or 'reference' (nan if any is nan)."""
+        """The largest relative error over the leaves against 'finite differences' or 'reference'; nan if one is."""
         values = [row.max_rel for row in self.rows if row.against == against]
         return float(np.max(values)) if values else float("nan")
 
@@ -97,7 +97,7 @@ class GradcheckReport(NamedTuple):
 
 
 class GradcheckError(AssertionError):
-    """A gradient differs from finite differences or from the reference beyond tolerance, or is not finite; `.report` has the table."""
+    """A gradient is not finite or differs from finite differences or the reference; `.report` has the table."""
 
     def __init__(self, report: GradcheckReport):
         first = next((row for row in report.rows if not row.ok), None)
@@ -315,11 +315,13 @@ def _compare_directions(h, split: _Split, j, g, eps, directions, rng, rtol, atol
         g_v[d] = (g * v).sum()
         fd[d] = (_at(h, split, j, x + eps * v) - _at(h, split, j, x - eps * v)) / (2 * eps)
     bad = np.flatnonzero(~np.isfinite(fd))
-    nonfinite = _first_nonfinite(g, "gradient") or (f"finite difference along direction {bad[0]} = {fd[bad[0]]}" if bad.size else "")
+    fd_note = f"finite difference along direction {bad[0]} = {fd[bad[0]]}" if bad.size else ""
+    nonfinite = _first_nonfinite(g, "gradient") or fd_note
     diff = np.abs(g_v - fd)
     k = int(np.argmax(diff))  # the first NaN when there is one
     where = f"largest along direction {k}: gradient·v {g_v[k]:.6e} vs finite difference {fd[k]:.6e}"
-    return _row(split.names[j], "finite differences", float(diff.max()), float(np.linalg.norm(g)), nonfinite, where, rtol, atol)
+    err, scale = float(diff.max()), float(np.linalg.norm(g))  # |⟨g, v⟩| <= ‖g‖ for a unit v
+    return _row(split.names[j], "finite differences", err, scale, nonfinite, where, rtol, atol)
 
 
 # ---------------------------------------------------------------------------------------------------------------
