@@ -235,8 +235,10 @@ def softmax_cross_entropy(logits, labels):
     a label of -1 picks class K-1 and a label >= K gives a NaN loss; check them
     where the data enters, or wrap the step in `jax.experimental.checkify`.
     """
-    if getattr(logits, "ndim", 0) not in (1, 2):
-        raise ValueError(f"softmax_cross_entropy: `logits` must have shape (m, K) or (K,), got {getattr(logits, 'shape', None)}.")
+    if getattr(logits, "ndim", 0) not in (1, 2) or logits.shape[-1] == 0:
+        raise ValueError(
+            f"softmax_cross_entropy: `logits` must have shape (m, K) or (K,) with K >= 1, got {getattr(logits, 'shape', None)}."
+        )
     check_floating(logits, "softmax_cross_entropy", "logits")
     labels = jnp.asarray(labels)
     logp = jax.nn.log_softmax(logits, axis=-1)  # (m, K)
@@ -270,8 +272,8 @@ def accuracy(logits, labels):
     Integer labels outside [0, K) raise a ValueError in eager calls; under jit
     they are not checked (see `softmax_cross_entropy`).
     """
-    if getattr(logits, "ndim", 0) not in (1, 2):
-        raise ValueError(f"accuracy: `logits` must have shape (m, K) or (K,), got {getattr(logits, 'shape', None)}.")
+    if getattr(logits, "ndim", 0) not in (1, 2) or logits.shape[-1] == 0:
+        raise ValueError(f"accuracy: `logits` must have shape (m, K) or (K,) with K >= 1, got {getattr(logits, 'shape', None)}.")
     labels = jnp.asarray(labels)
     integer = jnp.issubdtype(labels.dtype, jnp.integer)
     want = logits.shape[:-1] if integer else logits.shape
