@@ -67,7 +67,7 @@ from jaxconv.nn import (
 from jaxconv.norm import group_norm, instance_norm, layer_norm
 from jaxconv.pool import adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool, max_pool
 from jaxconv.summary import SummaryRow, count_params, format_summary, summary
-from jaxconv.upsample import pixel_shuffle, pixel_unshuffle, upsample
+from jaxconv.upsampling import pixel_shuffle, pixel_unshuffle, upsample
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ of jaxconv (not even argument checking), so a test that compares the two
 compares two independent readings of the same formula. One module per family:
 `conv` (convolution, its adjoint, the transposed convolution), `pool`, `nn`
 (dense, activations, losses), `norm` (layer, group, instance normalisation),
-`upsample` (interpolation, pixel shuffle); `common` holds the tolerances and
+`upsampling` (interpolation, pixel shuffle); `common` holds the tolerances and
 the argument normalisation they share.
 
 Layout: x NHWC (m, n_H, n_W, n_C), w HWIO (f_H, f_W, n_C / G, n_C'); the norms and
@@ -45,7 +45,7 @@ from jaxconv.reference.pool import (
     max_unpool,
     pool_out_size,
 )
-from jaxconv.reference.upsample import interpolate, output_size, pixel_shuffle, pixel_unshuffle
+from jaxconv.reference.upsampling import interpolate, output_size, pixel_shuffle, pixel_unshuffle
 
 __all__ = [
     "TOLERANCES",

@@ -131,7 +131,7 @@ def upsample(x, *, scale_factor=None, size=None, mode="nearest", align_corners=N
     k = xb.ndim - 2
     need = MODES[mode]
     if k < 1 or (need is not None and k != need):
-        want = "at least one spatial axis" if need is None else f"{need} spatial axis" + ("es" if need > 1 else "")
+        want = "at least one spatial axis" if need is None else f"{need} spatial " + ("axis" if need == 1 else "axes")
         raise ValueError(f"{op}: mode={mode!r} needs x of shape (m, *spatial, n_C) with {want} (batched=False: without m), got shape {x.shape}; add the missing axes or pick the mode for {max(k, 1)}-D inputs.")
     sizes, factors = _output_sizes(op, xb.shape[1:-1], size, scale_factor)
     dtype = x.dtype if need is None else jnp.promote_types(x.dtype, jnp.float32)

@@ -12,7 +12,7 @@ with scale = 1 / scale_factor when a scale factor is given and n / n' when a siz
                     i₀ = min(⌊t⌋, n − 1), i₁ = min(i₀ + 1, n − 1), λ = t − i₀: (i₀, 1 − λ), (i₁, λ)
 
 The scales are exact fractions here (`fractions.Fraction` of the float scale factor).
-Written with loops over output positions, independently of `jaxconv.upsample`.
+Written with loops over output positions, independently of `jaxconv.upsampling`.
 """
 
 from __future__ import annotations
