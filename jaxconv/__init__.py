@@ -64,8 +64,10 @@ from jaxconv.nn import (
     swish,
     tanh,
 )
+from jaxconv.norm import group_norm, instance_norm, layer_norm
 from jaxconv.pool import adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool, max_pool
 from jaxconv.summary import SummaryRow, count_params, format_summary, summary
+from jaxconv.upsampling import pixel_shuffle, pixel_unshuffle, upsample
 
 __version__ = "0.1.0"
 
@@ -121,14 +123,19 @@ __all__ = [
     "gelu",
     "global_avg_pool",
     "gradcheck",
+    "group_norm",
     "identity",
     "initializers",
+    "instance_norm",
     "leaky_relu",
+    "layer_norm",
     "layers",
     "log_softmax",
     "max_pool",
     "models",
     "parallel",
+    "pixel_shuffle",
+    "pixel_unshuffle",
     "reference",
     "relu",
     "relu6",
@@ -143,4 +150,5 @@ __all__ = [
     "swish",
     "tanh",
     "train",
+    "upsample",
 ]
