@@ -5,8 +5,8 @@ dtype (float16, bfloat16, float32, float64, int32, bool), wrong ranks, wrong kin
 values — and calls one public op. Two outcomes pass:
 
 - a result: its shape and dtype equal what `lax`'s own op (or NumPy) gives for the same arguments;
-- a ValueError or TypeError whose message starts with the op's name (`"conv2d: ..."`), jaxconv's
-  convention for an error that names the argument and the fix.
+- a ValueError or TypeError whose message starts with the op's name (`"conv2d: ..."`, a layer's
+  `"Conv2D.init: ..."`), jaxconv's convention for an error that names the argument and the fix.
 
 Anything else fails: a raw JAX/XLA/NumPy/Python error, an error of another kind, or a result of a
 shape lax would not give. Most calls trace only (`jax.eval_shape` on abstract arrays), so a draw
@@ -50,7 +50,7 @@ def outcome(op: str, thunk):
         return "ok", thunk()
     except (ValueError, TypeError) as e:
         message = str(e)
-        assert message.startswith(f"{op}:"), f"{op} raised a {type(e).__name__} that is not its own: {message!r}"
+        assert message.startswith((f"{op}:", f"{op}.init:", f"{op}.apply:")), f"{op} raised a {type(e).__name__} that is not its own: {message!r}"
         assert "\n" not in message.strip(), f"{op}: a one-line message expected, got {message!r}"
         return "refused", e
 

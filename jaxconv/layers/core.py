@@ -108,6 +108,23 @@ def _check_key(op, key):
         )
 
 
+def _check_input_shape(op, input_shape):
+    """input_shape: a tuple of ints, the batch axis -1 (any) or >= 0, every other axis >= 1 (or a tuple of
+    such shapes, one per branch, for the layers after a fan-out)."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if shape and all(isinstance(s, (tuple, list)) for s in shape):
+        for branch in shape:
+            _check_input_shape(op, branch)
+        return
+    if not shape or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        raise ValueError(f"{op}.init: `input_shape` must be a tuple of ints with the batch axis first, got {input_shape!r}.")
+    if shape[0] < -1 or any(n < 1 for n in shape[1:]):
+        raise ValueError(
+            f"{op}.init: `input_shape` {shape} must have a batch axis of -1 (any size) or >= 0 and every other axis "
+            f">= 1; pass e.g. (-1, 28, 28, 1)."
+        )
+
+
 def _compiled_init(op, init):
     """init with its key checked; called eagerly, the whole init runs as one compiled program.
 
@@ -118,6 +135,7 @@ def _compiled_init(op, init):
 
     def checked(key, input_shape):
         _check_key(op, key)
+        _check_input_shape(op, input_shape)
         if initializers.in_pooled_init():  # inside an outer layer's init: its passes cover this one
             return init(key, input_shape)
         key = initializers.init_key(key)
