@@ -31,7 +31,7 @@ from jax import lax
 from jax.custom_batching import custom_vmap
 
 from jaxconv.conv.geometry import Plan, acc_dtype, out_size, pad_input, patch_elements
-from jaxconv.conv.policy import TUNED
+from jaxconv.conv import policy
 from jaxconv.conv.shard import same_varying_axes
 
 
@@ -70,7 +70,7 @@ def _chunk_size(x_shape, w_shape, plan: Plan):
     4, 8 or 16 devices."""
     m = x_shape[0]
     patch_bytes = 4 * patch_elements(x_shape, w_shape, plan.pads, plan.stride, plan.dilation)
-    return m if patch_bytes <= TUNED["guard_whole_batch_bytes"] else math.gcd(m, 16)
+    return m if patch_bytes <= policy.TUNED["guard_whole_batch_bytes"] else math.gcd(m, 16)
 
 
 def _im2col(x, w, b, plan: Plan):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.conv.geometry import Plan, acc_dtype, crop, pad_input, padded_size, place
-from jaxconv.conv.policy import TUNED
+from jaxconv.conv import policy
 
 
 def _band(n_in, f_W):
@@ -90,7 +90,7 @@ def forward(x, w, b, pads, B):
     x_pad = pad_input(x, ext_pads)  # (m, n_H_pad, n_blk·B + f_W − 1, n_C)
     m, n_H_pad = x_pad.shape[:2]
     n_H_out = n_H_pad - f_H + 1
-    if n_C <= TUNED["rows_direct_max_channels"]:
+    if n_C <= policy.TUNED["rows_direct_max_channels"]:
         z = _direct(x_pad, w, n_H_out, n_W_out)
         return (z if b is None else z + b).astype(x.dtype), x_pad
     R = _rows(x_pad, f_H, f_W, n_H_out, B)  # (m·n_H'·n_blk, f_H·(B + f_W − 1)·n_C)
@@ -181,6 +181,6 @@ def _dx_groups(n_in, B, f_W):
 
     halves = [group(0, n_in // 2), group(n_in // 2, n_in)]
     work = sum((a1 - a0) * (b1 - b0) for a0, a1, b0, b1 in halves)
-    if n_in >= 2 and work <= TUNED["rows_dx_max_fraction"] * n_in * B:
+    if n_in >= 2 and work <= policy.TUNED["rows_dx_max_fraction"] * n_in * B:
         return halves
     return [(0, n_in, 0, B)]
