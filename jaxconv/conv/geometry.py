@@ -98,7 +98,7 @@ def place(a, at, step, shape):
 
     The transpose of the strided slice X[:, at[0] :: step[0], at[1] :: step[1]]: col2im adds each
     tap's gradient back with it. A pad (step − 1 zeros between pixels), where `.at[...].add`
-    would be a scatter: the same sums, compiled 4x faster and run 1-5x faster on CPU.
+    would be a scatter: the same sums, faster to compile and to run on CPU. Benchmark: docs/benchmarks.md#col2im-pad
     """
     m, n_H, n_W, n_C = a.shape
     config = [(0, 0, 0), (at[0], shape[1] - at[0] - step[0] * (n_H - 1) - 1, step[0] - 1)]

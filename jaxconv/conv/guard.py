@@ -80,8 +80,8 @@ def _im2col(x, w, b, plan: Plan):
 
     the values of `im2col.patches` (f_H·f_W slices and a concatenate), but one op for XLA to
     compile: this branch is compiled into every guarded step and never runs on finite data, and
-    the slices cost LeNet-5's step 0.44-0.50 s of compilation per layer, the gather 0.08 s (its
-    autodiff, below, 0.17-0.24 s against the hand-derived backward's 0.59-0.69 s).
+    the gather (and its autodiff, below) compiles in a fraction of the time the slices (and the
+    hand-derived backward) take. Benchmark: docs/benchmarks.md#guard-gather
     """
     f_H, f_W = w.shape[:2]
     x_pad = pad_input(x, plan.pads)
@@ -104,7 +104,7 @@ def exact(x, w, b, plan: Plan):
     inputs never run it, but XLA sizes the step's temporary buffer for both
     branches of a cond; a whole-batch im2col there (LeNet-5 at batch 512) pushed
     that buffer past glibc's mmap threshold, and every step then page-faulted it
-    in afresh (4,454 faults, 1.28x the unguarded step's time).
+    in afresh, which slowed the step. Benchmark: docs/benchmarks.md#guard-chunk
     """
     z = lax.map(lambda x_c: _im2col(x_c, w, b, plan), _chunks(x, _chunk_size(x.shape, w.shape, plan)))
     return _unchunk(z)
