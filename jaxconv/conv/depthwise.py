@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input, padded_size
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, crop, out_size, pad_input, padded_size
 from jaxconv.conv.buffers import on_buffers
 
 
@@ -121,7 +121,7 @@ def backward(plan: Plan, res, dZ):
     if k > 1:
         dX_pad = dX_pad.reshape(m, n_H_pad, n_W_pad, n_C, k).sum(-1)
     dX = crop(dX_pad, plan.pads, x.shape).astype(x.dtype)
-    db = dZ.sum(axis=(0, 1, 2), dtype=acc).astype(dZ.dtype) if has_bias else None
+    db = bias_grad(dZ) if has_bias else None
     return dX, dW, db
 
 

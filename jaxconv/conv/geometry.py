@@ -1,5 +1,7 @@
-"""A convolution's geometry: argument checks, output sizes, padding and cropping.
+"""A convolution's geometry, and what every algorithm shares.
 
+Argument checks, output sizes, padding and cropping; the dtype products are
+summed in (`acc_dtype`, `lax_sum_dtype`); the bias gradient (`bias_grad`).
 `Plan` is the one hashable description every hand-rolled algorithm takes as
 its last (non-differentiated) argument: `algorithm(x, w, b, plan)`.
 """
@@ -107,11 +109,19 @@ def place(a, at, step, shape):
 
 
 def acc_dtype(dtype):
-    """The dtype products are summed in: float32 for bfloat16 and float16 inputs (then cast back), else the input's."""
+    """The dtype products are summed in: float32 for bfloat16 and float16 inputs (8 and 11 bits of mantissa; the
+    sum is cast back), else the input's."""
     return jnp.float32 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else jnp.dtype(dtype)
 
 
+def bias_grad(dZ, dtype=None):
+    """db[o] = Σ_{m,h,w} dZ[m, h, w, o]: dZ (m, n_H', n_W', n_C') -> (n_C',), summed in `acc_dtype`, cast to `dtype`
+    (default dZ's). The bias gradient of every convolution here."""
+    return dZ.sum(axis=(0, 1, 2), dtype=acc_dtype(dZ.dtype)).astype(dtype or dZ.dtype)
+
+
 def lax_sum_dtype(dtype):
-    """lax.conv_general_dilated's preferred_element_type: float32 for bfloat16/float16, None (the input's, unchanged HLO) else."""
+    """`preferred_element_type` for products of `dtype` (lax's convolution, `nn.dense`'s matmul): float32 for
+    bfloat16/float16 (`acc_dtype`), else None (the input's own, unchanged HLO)."""
     acc = acc_dtype(dtype)
     return None if acc == jnp.dtype(dtype) else acc

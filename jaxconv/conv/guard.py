@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
-from jaxconv.conv.geometry import Plan, acc_dtype, out_size, pad_input, patch_elements
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, out_size, pad_input, patch_elements
 from jaxconv.conv import policy
 from jaxconv.conv.shard import same_varying_axes
 
@@ -149,7 +149,7 @@ def _bwd(fast, plan, res, dZ):
     cond (a non-finite dZ makes it non-finite): no extra pass over dZ.
     """
     x, w, has_bias, finite = res
-    db32 = dZ.sum(axis=(0, 1, 2), dtype=acc_dtype(dZ.dtype))  # (n_C',): db[o] = Σ_{m,h,w} dZ[m, h, w, o]
+    db32 = bias_grad(dZ, dtype=acc_dtype(dZ.dtype))  # (n_C',), not yet rounded to dZ's dtype
     fast_grads = lambda: jax.vjp(lambda x, w: fast(x, w, None, plan), x, w)[1](dZ)  # the forward's value is unused: XLA drops it
     dX, dW = lax.cond(finite & all_finite(db32), fast_grads, lambda: exact_grads(x, w, dZ, plan))
     return dX, dW, db32.astype(dZ.dtype) if has_bias else None

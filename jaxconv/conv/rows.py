@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, pad_input, padded_size, place
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, crop, pad_input, padded_size, place
 from jaxconv.conv import policy
 
 
@@ -145,7 +145,7 @@ def backward(plan: Plan, res, dZ):
     n_in, n_blk = B + f_W - 1, (n_W_ext - f_W + 1) // B
 
     dtype, acc = dZ.dtype, acc_dtype(dZ.dtype)  # sums in float32 for bfloat16/float16
-    db = dZ.sum(axis=(0, 1, 2), dtype=acc).astype(dtype) if has_bias else None  # (n_C',)
+    db = bias_grad(dZ) if has_bias else None  # (n_C',)
 
     dZ_mat = jnp.pad(dZ, ((0, 0), (0, 0), (0, n_blk * B - n_W_out), (0, 0))).reshape(m * n_H_out * n_blk, B * n_C_out)
     R = _rows(x_pad, f_H, f_W, n_H_out, B)  # (m·n_H'·n_blk, f_H·n_in·n_C)

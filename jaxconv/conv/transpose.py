@@ -19,7 +19,7 @@ from jax import lax
 from jaxconv import _args
 from jaxconv._args import LAYOUT
 from jaxconv.conv import im2col
-from jaxconv.conv.geometry import Plan, acc_dtype, check_groups, lax_sum_dtype, pad_input
+from jaxconv.conv.geometry import Plan, bias_grad, check_groups, lax_sum_dtype, pad_input
 
 
 def transpose_geometry(x_shape, w_shape, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, op="conv_transpose2d"):
@@ -91,7 +91,7 @@ def _bwd(plan, extra, out_shape, res, dy):
     dy_pad = pad_input(core, plan.pads)
     dx = im2col.forward(core, w, None, plan)[0]  # (m, n_H, n_W, n_C)
     dw = im2col.weight_grad(dy_pad, x, w.shape, plan)  # (f_H, f_W, n_C'/G, n_C)
-    db = dy.sum(axis=(0, 1, 2), dtype=acc_dtype(dy.dtype)).astype(dy.dtype) if has_bias else None
+    db = bias_grad(dy) if has_bias else None
     return dx, dw, db
 
 
