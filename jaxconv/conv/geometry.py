@@ -41,18 +41,25 @@ def check_groups(groups, n_C, op):
         raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels n_C (={n_C}); pick groups among the divisors of {n_C}.")
 
 
-def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, op="conv2d"):
-    """Check a convolution's arguments and return (pads, s, d, groups, out_shape).
+def check_filter(x_shape, w_shape, groups, op, *, transposed=False):
+    """Check the HWIO filter's shape against x (m, n_H, n_W, n_C) and `groups` (an int dividing n_C).
 
-    x_shape: (m, n_H, n_W, n_C); w_shape: (f_H, f_W, n_C / groups, n_C').
+    conv2d's w is (f_H, f_W, n_C / groups, n_C'): x's channels meet its third axis, in groups. conv_transpose2d's w
+    (`transposed`) is the filter of the conv2d it transposes, (f_H, f_W, n_C' / groups, n_C): x's channels meet its
+    last axis.
     """
-    s = _args.pair(stride, "stride", op, minimum=1)
-    d = _args.pair(dilation, "dilation", op, minimum=1)
     if len(w_shape) != 4:
-        raise ValueError(f"{op}: `w` must have shape (f_H, f_W, n_C / groups, n_C') (HWIO), got shape {tuple(w_shape)}.")
-    m, n_H, n_W, n_C = x_shape
-    f_H, f_W, n_Cg, n_C_out = w_shape
+        axes = "(f_H, f_W, n_C' / groups, n_C) (the HWIO filter of the conv2d it transposes)" if transposed else "(f_H, f_W, n_C / groups, n_C') (HWIO)"
+        raise ValueError(f"{op}: `w` must have shape {axes}, got shape {tuple(w_shape)}.")
+    n_C, (n_Cg, n_C_out) = x_shape[3], w_shape[2:]
+    if transposed and n_C_out != n_C:
+        raise ValueError(
+            f"{op}: input channels n_C (={n_C}) must equal the filter's last axis (={n_C_out}): w is the HWIO filter "
+            f"(f_H, f_W, n_C' / groups, n_C) of the conv2d that maps n_C' channels to n_C; give w shape (f_H, f_W, n_C' / groups, {n_C})."
+        )
     check_groups(groups, n_C, op)
+    if transposed:
+        return
     if n_C_out % groups:
         raise ValueError(
             f"{op}: `groups` (={groups}) must divide the filter's output channels n_C' (={n_C_out}); "
@@ -63,6 +70,18 @@ def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1
             f"{op}: input channels n_C (={n_C}) must equal the filter's n_C_in (={n_Cg}) * groups (={groups}) "
             f"= {n_Cg * groups}; give the filter shape (f_H, f_W, {n_C // groups}, n_C') or change the input."
         )
+
+
+def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, op="conv2d"):
+    """Check a convolution's arguments and return (pads, s, d, groups, out_shape).
+
+    x_shape: (m, n_H, n_W, n_C); w_shape: (f_H, f_W, n_C / groups, n_C').
+    """
+    s = _args.pair(stride, "stride", op, minimum=1)
+    d = _args.pair(dilation, "dilation", op, minimum=1)
+    check_filter(x_shape, w_shape, groups, op)
+    m, n_H, n_W, _ = x_shape
+    f_H, f_W, _, n_C_out = w_shape
     pads = _args.padding_pairs(padding, op, n=(n_H, n_W), f=(f_H, f_W), s=s, d=d)
     n_out = _args.window_output_sizes(op, "filter", (n_H, n_W), (f_H, f_W), pads, s, d)
     return pads, s, d, groups, (m, *n_out, n_C_out)
