@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv._args import check_floating, check_labels
+from jaxconv.conv.geometry import lax_sum_dtype
 
 
 def dense(x, w, b=None):
@@ -43,16 +44,11 @@ def dense(x, w, b=None):
         raise ValueError(f"dense: `b` must have shape (n_out,) = ({w.shape[1]},), got {tuple(b.shape)}.")
     if x.dtype != w.dtype:
         raise TypeError(f"dense: `x` ({x.dtype}) and `w` ({w.dtype}) must have the same dtype; cast one with .astype().")
-    if _sum_dtype(x.dtype) is None:
+    if lax_sum_dtype(x.dtype) is None:
         y = x @ w  # (m, n_out)
         return y if b is None else y + b
-    y = jnp.matmul(x, w, preferred_element_type=_sum_dtype(x.dtype))  # (m, n_out), products summed in float32
+    y = jnp.matmul(x, w, preferred_element_type=lax_sum_dtype(x.dtype))  # (m, n_out), products summed in float32
     return (y if b is None else y + b).astype(x.dtype)
-
-
-def _sum_dtype(dtype):
-    """The dtype to sum products of `dtype` in: float32 for bfloat16 and float16 (8 and 11 bits of mantissa), else None (its own)."""
-    return jnp.float32 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else None
 
 
 def flatten(x):

@@ -3,6 +3,7 @@
 import math
 import re
 from functools import partial
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +125,7 @@ def test_the_exact_branch_keeps_every_example_in_its_place(m, chunked, monkeypat
     TUNED["guard_whole_batch_bytes"]) or the whole batch: every example's output and gradient must come back
     in its own place, equal to lax's in value and NaN pattern (float64)."""
     if chunked:
-        monkeypatch.setitem(conv.TUNED, "guard_whole_batch_bytes", 0)
+        monkeypatch.setattr(conv.policy, "TUNED", MappingProxyType(conv.policy.TUNED | {"guard_whole_batch_bytes": 0}))
     assert guard._chunk_size((m, 7, 7, 2), (3, 3, 2, 3), conv.Plan(((0, 0), (0, 0)))) == (math.gcd(m, 16) if chunked else m)
     x, w, b = _data(4, (m, 7, 7, 2), (3, 3, 2, 3))
     x = x.at[m // 2, 3, 4, 1].set(jnp.nan)

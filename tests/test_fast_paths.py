@@ -6,9 +6,12 @@ the algorithm choice per layer, the tiled max pool (including the first-max
 tie policy), and the cpu_devices helper's errors.
 """
 
+import inspect
 import os
+import re
 import subprocess
 import sys
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -205,7 +208,7 @@ def test_rows_direct_forward_for_one_channel(monkeypatch):
     want = ref.conv2d(np.asarray(x), np.asarray(w), np.asarray(b), padding=pads)
     direct = rows.conv(x, w, b, Plan(pads, (1, 1), (1, 1), 1, 3))  # blocks of 3 output columns
     np.testing.assert_allclose(direct, want, **TOL)
-    monkeypatch.setitem(conv.policy.TUNED, "rows_direct_max_channels", 0)
+    monkeypatch.setattr(conv.policy, "TUNED", MappingProxyType(conv.policy.TUNED | {"rows_direct_max_channels": 0}))
     band = rows.conv(x, w, b, Plan(pads, (1, 1), (1, 1), 1, 3))
     np.testing.assert_allclose(band, want, **TOL)
     monkeypatch.undo()
@@ -232,6 +235,14 @@ def test_taps_chunk_choice():
     assert conv.taps_chunk((63, 32, 32, 64), (3, 3, 64, 64), same) == 1  # 63 = 3·3·7: the largest divisor <= 2
     assert conv.taps_chunk((6, 8, 8, 4), (3, 3, 4, 4), same) == 6  # small: the whole batch at once
     assert conv.taps_chunk((-1, 8, 8, 4), (3, 3, 4, 4), same) == 1  # shape-only init
+
+
+def test_tuned_is_a_read_only_table_each_threshold_citing_its_benchmark():
+    with pytest.raises(TypeError):
+        conv.policy.TUNED["rows_max_channels"] = 1  # read-only: a test swaps the whole table instead
+    source = inspect.getsource(conv.policy)
+    for name in conv.policy.TUNED:
+        assert re.search(rf'\n    # [^\n]+\. Benchmark: docs/benchmarks\.md#[a-z0-9-]+\n    "{name}": ', source), name
 
 
 def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
@@ -282,7 +293,7 @@ def test_auto_is_hand_on_cpu_and_lax_elsewhere(monkeypatch):
     ]
     for xs, ws, kw, want in cases:
         assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, **kw)[:4]) == want, (xs, ws, kw)
-    monkeypatch.setitem(conv.policy.TUNED, "lax_min_channels", 10**9)  # the threshold is the one knob
+    monkeypatch.setattr(conv.policy, "TUNED", MappingProxyType(conv.policy.TUNED | {"lax_min_channels": 10**9}))  # the threshold is the one knob
     xs, ws = (1, 32, 32, 64), (3, 3, 64, 64)
     assert conv.resolve_impl("auto", xs, ws, conv_geometry(xs, ws, padding="SAME")[:4]) == "hand"
     # With the gradient on buffers as well (the default on CPU), lax takes every layer rows, depthwise and pointwise

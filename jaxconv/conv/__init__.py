@@ -160,9 +160,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
     check_padding_mode(padding_mode)
     x, single = _args.check_rank(x, "conv2d")
     w_shape = tuple(getattr(w, "shape", ()))
-    pads, s, d, groups, out_shape = conv_geometry(
-        x.shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups
-    )
+    pads, s, d, groups, _ = conv_geometry(x.shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     _check_bias_and_dtype("conv2d", x, w, b, w_shape[3], "filter")
     if padding_mode != "zeros":
         x = pad_mode(x, pads, padding_mode)  # (m, n_H + p_top + p_bottom, n_W + p_left + p_right, n_C)
@@ -171,36 +169,44 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, impl="aut
     if algorithm != "auto":
         why = policy.applicable(algorithm, w_shape, geom)
         if why is not None:
-            raise ValueError(
-                f"conv2d: `algorithm` {algorithm!r} needs {why}; use algorithm='im2col' (any geometry) or 'auto'."
-            )
+            raise ValueError(f"conv2d: `algorithm` {algorithm!r} needs {why}; use algorithm='im2col' (any geometry) or 'auto'.")
         impl = "hand" if impl == "auto" else impl
     if 0 in x.shape or 0 in w_shape:  # an empty batch, image or filter bank: lax's empty (or bias-only) result
         impl = "lax"
     impl = resolve_impl(impl, x.shape, w_shape, geom)
     if impl == "lax":
-        acc = lax_sum_dtype(x.dtype)  # float32 for bfloat16/float16, as the hand-rolled algorithms sum
-        params = (
-            ("window_strides", s), ("padding", pads), ("rhs_dilation", d), ("dimension_numbers", LAYOUT),
-            ("feature_group_count", groups), ("preferred_element_type", acc),
-        )
-        if compiling.lax_grad_on_buffers():
-            z = buffers.lax_conv(x, w, params)  # the same convolutions; the gradient reads x and dZ as buffers
-        else:
-            z = lax.conv_general_dilated(x, w, **dict(params))
-        if b is not None:
-            z = z + b
-        if acc is not None:
-            z = z.astype(x.dtype)  # rounded once, after the sum and the bias
+        z = _lax_conv2d(x, w, b, geom)
     elif impl == "hand":
-        x, w, b = same_varying_axes(x, w, b)
-        if algorithm == "auto":
-            algorithm = hand_algorithm(x.shape, w_shape, geom)
-        plan = policy.plan(algorithm, x.shape, w_shape, geom)
-        z = _EXACT[algorithm](x, w, b, plan) if algorithm in _EXACT else guarded(x, w, b, _HAND[algorithm], plan)
-    else:
+        z = _hand_conv2d(x, w, b, geom, algorithm)
+    else:  # hand_autodiff: JAX differentiates im2col's forward
         z = im2col.forward(x, w, b, Plan(*geom))[0]
     return z[0] if single else z
+
+
+def _lax_conv2d(x, w, b, geom):
+    """conv2d on lax.conv_general_dilated; on CPU its gradient reads x and dZ as buffers (`buffers.lax_conv`)."""
+    pads, s, d, groups = geom
+    acc = lax_sum_dtype(x.dtype)  # float32 for bfloat16/float16, as the hand-rolled algorithms sum
+    params = (
+        ("window_strides", s), ("padding", pads), ("rhs_dilation", d), ("dimension_numbers", LAYOUT),
+        ("feature_group_count", groups), ("preferred_element_type", acc),
+    )
+    if compiling.lax_grad_on_buffers():
+        z = buffers.lax_conv(x, w, params)  # the same convolutions; the gradient reads x and dZ as buffers
+    else:
+        z = lax.conv_general_dilated(x, w, **dict(params))
+    if b is not None:
+        z = z + b
+    return z if acc is None else z.astype(x.dtype)  # rounded once, after the sum and the bias
+
+
+def _hand_conv2d(x, w, b, geom, algorithm):
+    """conv2d on a hand-rolled `algorithm` ("auto": `policy.hand_algorithm`'s choice); rows and taps behind the NaN guard."""
+    x, w, b = same_varying_axes(x, w, b)
+    if algorithm == "auto":
+        algorithm = hand_algorithm(x.shape, w.shape, geom)
+    plan = policy.plan(algorithm, x.shape, w.shape, geom)
+    return _EXACT[algorithm](x, w, b, plan) if algorithm in _EXACT else guarded(x, w, b, _HAND[algorithm], plan)
 
 
 def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, impl="auto"):

@@ -10,8 +10,8 @@ are buffers, so:
 - `on_buffers(fn, operands, w)` runs fn as both branches of a cond on whether the filter w
   is finite (`guard.all_finite`, a value known only at run time; the branches are the same
   function, so the result is fn(*operands) either way). For reductions and dots, not for
-  convolutions: XLA:CPU runs a convolution inside a cond's branch as a plain loop, ~40x slower
-  (ResNet-20's step: 17.8 s against 0.44).
+  convolutions: XLA:CPU runs a convolution inside a cond's branch as a plain loop, many times
+  slower. Benchmark: docs/benchmarks.md#cond-conv
 - `as_buffers(arrays, w)` returns the arrays themselves out of such a cond, for a convolution
   outside it to read. Each branch multiplies by 1: XLA inlines a cond whose branches only pass
   their operands through (and fuses across it again); this one it keeps, and then folds the

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input, padded_size
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, crop, out_size, pad_input, padded_size
 from jaxconv.conv.buffers import on_buffers
 
 
@@ -69,10 +69,9 @@ def _tap_sums(x_pad, dZ, taps, n_out, s, d):
     """[Σ_{h, w} tap_ij(X_pad) ⊙ dZ for (i, j) in taps], each (m, n_C'): one variadic reduction over (h, w).
 
     One pass over X_pad and dZ computes every tap's products and keeps a running sum per tap
-    and example, (m, n_C') apiece; the sum over m follows. Nine separate sums over (m, h, w),
-    each of a strided slice into n_C' outputs, took nine passes: the weight gradient of the
-    (128, 32, 32, 32) layer took 59.7 ms that way (13.1 ms summing over X_pad's whole grid,
-    which needs finite inputs), 6.8 ms this way; of (128, 32, 32, 96) with stride 2, 49.1 -> 27.2 ms.
+    and example, (m, n_C') apiece; the sum over m follows. One sum over (m, h, w) per tap, each
+    of a strided slice, takes f_H·f_W passes and was slower (summing over X_pad's
+    whole grid instead needs finite inputs). Benchmark: docs/benchmarks.md#depthwise-tap-sums
     """
     products = [_tap(x_pad, i, j, n_out, s, d) * dZ for i, j in taps]  # (m, n_H', n_W', n_C') each
     zeros = [jnp.zeros((), dZ.dtype)] * len(products)
@@ -114,15 +113,15 @@ def backward(plan: Plan, res, dZ):
         return jnp.stack(_tap_sums(x_pad, dZ.astype(acc), taps, n_out, s, d)).reshape(w.shape).astype(w.dtype)
 
     # x and dZ are BatchNorm/ReLU6 chains in a network, and `_tap_sums` reads each once per tap: fused, XLA recomputed
-    # them nine times (MobileNet's step, batch 64: 213 ms against 187 for nine separate reductions; on buffers 168-174).
-    # The input gradient stays outside the cond: inside, the stride-2 layer's backward took 2.2x as long.
+    # the chains once per tap; as buffers they are computed once. The input gradient stays outside the cond: inside it,
+    # the strided layer's backward was slower. Benchmark: docs/benchmarks.md#depthwise-buffers
     dW = on_buffers(weight_grad, (x, dZ), w)
     dZa = dZ.astype(acc)
     dX_pad = sum(placed(i, j, dZa * w[i, j, 0].astype(acc)) for i, j in taps)  # scaled before placing: fewer products
     if k > 1:
         dX_pad = dX_pad.reshape(m, n_H_pad, n_W_pad, n_C, k).sum(-1)
     dX = crop(dX_pad, plan.pads, x.shape).astype(x.dtype)
-    db = dZ.sum(axis=(0, 1, 2), dtype=acc).astype(dZ.dtype) if has_bias else None
+    db = bias_grad(dZ) if has_bias else None
     return dX, dW, db
 
 

@@ -1,5 +1,7 @@
-"""A convolution's geometry: argument checks, output sizes, padding and cropping.
+"""A convolution's geometry, and what every algorithm shares.
 
+Argument checks, output sizes, padding and cropping; the dtype products are
+summed in (`acc_dtype`, `lax_sum_dtype`); the bias gradient (`bias_grad`).
 `Plan` is the one hashable description every hand-rolled algorithm takes as
 its last (non-differentiated) argument: `algorithm(x, w, b, plan)`.
 """
@@ -39,18 +41,25 @@ def check_groups(groups, n_C, op):
         raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels n_C (={n_C}); pick groups among the divisors of {n_C}.")
 
 
-def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, op="conv2d"):
-    """Check a convolution's arguments and return (pads, s, d, groups, out_shape).
+def check_filter(x_shape, w_shape, groups, op, *, transposed=False):
+    """Check the HWIO filter's shape against x (m, n_H, n_W, n_C) and `groups` (an int dividing n_C).
 
-    x_shape: (m, n_H, n_W, n_C); w_shape: (f_H, f_W, n_C / groups, n_C').
+    conv2d's w is (f_H, f_W, n_C / groups, n_C'): x's channels meet its third axis, in groups. conv_transpose2d's w
+    (`transposed`) is the filter of the conv2d it transposes, (f_H, f_W, n_C' / groups, n_C): x's channels meet its
+    last axis.
     """
-    s = _args.pair(stride, "stride", op, minimum=1)
-    d = _args.pair(dilation, "dilation", op, minimum=1)
     if len(w_shape) != 4:
-        raise ValueError(f"{op}: `w` must have shape (f_H, f_W, n_C / groups, n_C') (HWIO), got shape {tuple(w_shape)}.")
-    m, n_H, n_W, n_C = x_shape
-    f_H, f_W, n_Cg, n_C_out = w_shape
+        axes = "(f_H, f_W, n_C' / groups, n_C) (the HWIO filter of the conv2d it transposes)" if transposed else "(f_H, f_W, n_C / groups, n_C') (HWIO)"
+        raise ValueError(f"{op}: `w` must have shape {axes}, got shape {tuple(w_shape)}.")
+    n_C, (n_Cg, n_C_out) = x_shape[3], w_shape[2:]
+    if transposed and n_C_out != n_C:
+        raise ValueError(
+            f"{op}: input channels n_C (={n_C}) must equal the filter's last axis (={n_C_out}): w is the HWIO filter "
+            f"(f_H, f_W, n_C' / groups, n_C) of the conv2d that maps n_C' channels to n_C; give w shape (f_H, f_W, n_C' / groups, {n_C})."
+        )
     check_groups(groups, n_C, op)
+    if transposed:
+        return
     if n_C_out % groups:
         raise ValueError(
             f"{op}: `groups` (={groups}) must divide the filter's output channels n_C' (={n_C_out}); "
@@ -61,6 +70,18 @@ def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1
             f"{op}: input channels n_C (={n_C}) must equal the filter's n_C_in (={n_Cg}) * groups (={groups}) "
             f"= {n_Cg * groups}; give the filter shape (f_H, f_W, {n_C // groups}, n_C') or change the input."
         )
+
+
+def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, op="conv2d"):
+    """Check a convolution's arguments and return (pads, s, d, groups, out_shape).
+
+    x_shape: (m, n_H, n_W, n_C); w_shape: (f_H, f_W, n_C / groups, n_C').
+    """
+    s = _args.pair(stride, "stride", op, minimum=1)
+    d = _args.pair(dilation, "dilation", op, minimum=1)
+    check_filter(x_shape, w_shape, groups, op)
+    m, n_H, n_W, _ = x_shape
+    f_H, f_W, _, n_C_out = w_shape
     pads = _args.padding_pairs(padding, op, n=(n_H, n_W), f=(f_H, f_W), s=s, d=d)
     n_out = _args.window_output_sizes(op, "filter", (n_H, n_W), (f_H, f_W), pads, s, d)
     return pads, s, d, groups, (m, *n_out, n_C_out)
@@ -98,7 +119,7 @@ def place(a, at, step, shape):
 
     The transpose of the strided slice X[:, at[0] :: step[0], at[1] :: step[1]]: col2im adds each
     tap's gradient back with it. A pad (step − 1 zeros between pixels), where `.at[...].add`
-    would be a scatter: the same sums, compiled 4x faster and run 1-5x faster on CPU.
+    would be a scatter: the same sums, faster to compile and to run on CPU. Benchmark: docs/benchmarks.md#col2im-pad
     """
     m, n_H, n_W, n_C = a.shape
     config = [(0, 0, 0), (at[0], shape[1] - at[0] - step[0] * (n_H - 1) - 1, step[0] - 1)]
@@ -107,11 +128,19 @@ def place(a, at, step, shape):
 
 
 def acc_dtype(dtype):
-    """The dtype products are summed in: float32 for bfloat16 and float16 inputs (then cast back), else the input's."""
+    """The dtype products are summed in: float32 for bfloat16 and float16 inputs (8 and 11 bits of mantissa; the
+    sum is cast back), else the input's."""
     return jnp.float32 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else jnp.dtype(dtype)
 
 
+def bias_grad(dZ, dtype=None):
+    """db[o] = Σ_{m,h,w} dZ[m, h, w, o]: dZ (m, n_H', n_W', n_C') -> (n_C',), summed in `acc_dtype`, cast to `dtype`
+    (default dZ's). The bias gradient of every convolution here."""
+    return dZ.sum(axis=(0, 1, 2), dtype=acc_dtype(dZ.dtype)).astype(dtype or dZ.dtype)
+
+
 def lax_sum_dtype(dtype):
-    """lax.conv_general_dilated's preferred_element_type: float32 for bfloat16/float16, None (the input's, unchanged HLO) else."""
+    """`preferred_element_type` for products of `dtype` (lax's convolution, `nn.dense`'s matmul): float32 for
+    bfloat16/float16 (`acc_dtype`), else None (the input's own, unchanged HLO)."""
     acc = acc_dtype(dtype)
     return None if acc == jnp.dtype(dtype) else acc

@@ -30,8 +30,8 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
-from jaxconv.conv.geometry import Plan, acc_dtype, out_size, pad_input, patch_elements
-from jaxconv.conv.policy import TUNED
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, out_size, pad_input, patch_elements
+from jaxconv.conv import policy
 from jaxconv.conv.shard import same_varying_axes
 
 
@@ -70,7 +70,7 @@ def _chunk_size(x_shape, w_shape, plan: Plan):
     4, 8 or 16 devices."""
     m = x_shape[0]
     patch_bytes = 4 * patch_elements(x_shape, w_shape, plan.pads, plan.stride, plan.dilation)
-    return m if patch_bytes <= TUNED["guard_whole_batch_bytes"] else math.gcd(m, 16)
+    return m if patch_bytes <= policy.TUNED["guard_whole_batch_bytes"] else math.gcd(m, 16)
 
 
 def _im2col(x, w, b, plan: Plan):
@@ -80,8 +80,8 @@ def _im2col(x, w, b, plan: Plan):
 
     the values of `im2col.patches` (f_H·f_W slices and a concatenate), but one op for XLA to
     compile: this branch is compiled into every guarded step and never runs on finite data, and
-    the slices cost LeNet-5's step 0.44-0.50 s of compilation per layer, the gather 0.08 s (its
-    autodiff, below, 0.17-0.24 s against the hand-derived backward's 0.59-0.69 s).
+    the gather (and its autodiff, below) compiles in a fraction of the time the slices (and the
+    hand-derived backward) take. Benchmark: docs/benchmarks.md#guard-gather
     """
     f_H, f_W = w.shape[:2]
     x_pad = pad_input(x, plan.pads)
@@ -104,7 +104,7 @@ def exact(x, w, b, plan: Plan):
     inputs never run it, but XLA sizes the step's temporary buffer for both
     branches of a cond; a whole-batch im2col there (LeNet-5 at batch 512) pushed
     that buffer past glibc's mmap threshold, and every step then page-faulted it
-    in afresh (4,454 faults, 1.28x the unguarded step's time).
+    in afresh, which slowed the step. Benchmark: docs/benchmarks.md#guard-chunk
     """
     z = lax.map(lambda x_c: _im2col(x_c, w, b, plan), _chunks(x, _chunk_size(x.shape, w.shape, plan)))
     return _unchunk(z)
@@ -149,7 +149,7 @@ def _bwd(fast, plan, res, dZ):
     cond (a non-finite dZ makes it non-finite): no extra pass over dZ.
     """
     x, w, has_bias, finite = res
-    db32 = dZ.sum(axis=(0, 1, 2), dtype=acc_dtype(dZ.dtype))  # (n_C',): db[o] = Σ_{m,h,w} dZ[m, h, w, o]
+    db32 = bias_grad(dZ, dtype=acc_dtype(dZ.dtype))  # (n_C',), not yet rounded to dZ's dtype
     fast_grads = lambda: jax.vjp(lambda x, w: fast(x, w, None, plan), x, w)[1](dZ)  # the forward's value is unused: XLA drops it
     dX, dW = lax.cond(finite & all_finite(db32), fast_grads, lambda: exact_grads(x, w, dZ, plan))
     return dX, dW, db32.astype(dZ.dtype) if has_bias else None

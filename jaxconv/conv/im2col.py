@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input, place
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, crop, out_size, pad_input, place
 
 
 def views(x_pad, f, s, d, n_out):
@@ -80,7 +80,7 @@ def backward(plan: Plan, res, dZ):
     dZ = ∂J/∂Z: (m, n_H', n_W', n_C'). With G groups every sum over c and o stays inside its group.
     """
     x_pad, w, has_bias, x_shape = res
-    db = dZ.sum(axis=(0, 1, 2), dtype=acc_dtype(dZ.dtype)).astype(dZ.dtype) if has_bias else None  # db[o] = Σ_{m,h,w} dZ[m, h, w, o]
+    db = bias_grad(dZ) if has_bias else None  # db[o] = Σ_{m,h,w} dZ[m, h, w, o]
     return input_grad(dZ, w, plan, x_pad.shape, x_shape), weight_grad(x_pad, dZ, w.shape, plan), db
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, crop, out_size, pad_input
 
 
 def _subsample(x_pad, n_out, s):
@@ -64,7 +64,7 @@ def backward(plan: Plan, res, dZ):
     span = ((n_out[0] - 1) * s[0] + 1, (n_out[1] - 1) * s[1] + 1)
     dX_pad = lax.pad(dXs, jnp.zeros((), acc), ((0, 0, 0), (0, n_H_pad - span[0], s[0] - 1), (0, n_W_pad - span[1], s[1] - 1), (0, 0, 0)))
     dX = crop(dX_pad, plan.pads, x.shape).astype(x.dtype)
-    db = dZ.sum(axis=(0, 1, 2), dtype=acc).astype(dZ.dtype) if has_bias else None
+    db = bias_grad(dZ) if has_bias else None
     return dX, dW.astype(w.dtype), db
 
 

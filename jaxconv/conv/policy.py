@@ -1,17 +1,16 @@
 """Which implementation and algorithm a convolution gets, and its tile size.
 
-Every tuned threshold lives in `TUNED`, each with the benchmark row behind it
-(2-core EPYC; the measurements themselves are in the README's convolution
-tables). `resolve_impl` decides impl="auto"; `hand_algorithm` the algorithm of
-impl="hand"; `rows_block` and `taps_chunk` the fast algorithms' tiles;
-`compiler_options` which XLA:CPU library runs lax's convolutions inside
-jaxconv's compiled steps, `lax_grad_on_buffers` whether their gradient reads
-buffers (`buffers.lax_conv`), and `jit` compiles with them (use it, or pass
-`compiler_options=policy.compiler_options()` to your own `jax.jit`, to get the
-programs `auto` is tuned for).
+`resolve_impl` decides impl="auto" (lax or hand-rolled), `hand_algorithm` the
+algorithm of impl="hand", and `rows_block` and `taps_chunk` the tiles of the two
+fast algorithms. Every tuned threshold they read lives in `TUNED`, an immutable
+table; each entry names the benchmark that set it (docs/benchmarks.md), measured
+on a 2-core CPU. How jaxconv compiles its steps, which these choices assume, is
+`jaxconv.compile`.
 """
 
 from __future__ import annotations
+
+from types import MappingProxyType
 
 import jax
 
@@ -20,68 +19,38 @@ from jaxconv.conv.geometry import Plan, out_size, padded_size, patch_elements
 
 ALGORITHMS = ("auto", "im2col", "rows", "taps", "depthwise", "pointwise")
 
-TUNED = {
-    # taps: bytes of one chunk's K-fold tap products. Row: bench_conv.py 64->64 3x3 SAME, m=64, chunk sweep.
+# Read at trace time as `policy.TUNED[name]`: to try other values, set `policy.TUNED` to a new table,
+# `MappingProxyType(policy.TUNED | {name: value})`, as the tests do.
+TUNED = MappingProxyType({
+    # taps: bytes of one chunk's K-fold tap products. Benchmark: docs/benchmarks.md#taps-chunk
     "taps_chunk_bytes": 6 << 20,
-    # rows: widest banded matrix, as n_W_pad / f_W. Row: bench_conv.py LeNet conv1/conv2 (6.4x, 2.8x) vs im2col.
+    # rows: the widest banded matrix, as n_W_pad / f_W. Benchmark: docs/benchmarks.md#rows-band
     "rows_max_waste": 8,
-    # rows: most elements of the banded matrix (4 MiB in float32). Row: bench_conv.py LeNet conv2 band.
+    # rows: the most elements of the banded matrix (4 MiB in float32). Benchmark: docs/benchmarks.md#rows-band
     "rows_max_band": 1 << 20,
-    # rows: most input channels per group; wider layers take taps. Rows: bench_conv.py --resnet 32@16 (rows 2.77x lax,
-    # taps 1.45x) and 64@8 (rows 1.83x, taps 1.01x); LeNet conv1/conv2 (1 and 6 channels) keep rows.
+    # rows: the most input channels per group (wider layers take taps). Benchmark: docs/benchmarks.md#rows-channels
     "rows_max_channels": 8,
-    # rows' forward as the direct sum (f_H·f_W·n_C shifted multiply-adds) for at most this many input channels.
-    # Rows: same-process step A/Bs, LeNet-5 (conv1, one channel): 0.93-0.96x the step's time at batch 128,
-    # 0.935-0.947x at 512, 0.985x at 32; conv1's forward alone at batch 256 0.64 ms against 1.50.
+    # rows: the most input channels for which its forward is the direct sum. Benchmark: docs/benchmarks.md#rows-direct
     "rows_direct_max_channels": 1,
-    # rows in blocks of f_W - 1 above this band waste. Row: benchmark.py LeNet-5 step, conv1 blocked vs not. At any
-    # batch: the blocks were kept to matmuls of <= 4096 rows m·n_H' until session 8's same-process A/Bs had them
-    # faster at every size: LeNet-5's eval step at batch 256 0.84-0.86x, 1024 0.92x; its unchunked training step at
-    # 256 0.85x, 512 0.96x, 1024 0.94x; the notes' network's step at batch 256 0.89x.
+    # rows: the band waste above which it runs in blocks of f_W − 1 columns. Benchmark: docs/benchmarks.md#rows-blocks
     "rows_block_waste": 4,
-    # rows in two halves of n_W'/2 columns (n_W' even) above this band waste. Rows: LeNet-5 step A/Bs, conv2
-    # (14 padded columns, 5x5: waste 2.8) in halves 0.91x the unblocked step's time at batch 512 (blocks of 4: 0.92x,
-    # of 2: 0.96x, of 3 with padding: 1.01x); the notes' network's conv2 (13 columns, odd) in blocks of 4: 1.17x, of 7: 1.02x.
+    # rows: the band waste above which it runs in two halves (n_W' even). Benchmark: docs/benchmarks.md#rows-blocks
     "rows_halves_waste": 2,
-    # rows dX in two column groups when they skip >= 1/4 of the band. Row: benchmark.py LeNet-5 A/B, conv2.
+    # rows: the most of the band its dX may span to run in two column groups. Benchmark: docs/benchmarks.md#rows-dx
     "rows_dx_max_fraction": 0.75,
-    # auto uses taps only for at most this many taps f_H·f_W. Row: bench_conv.py --more, 5x5 wide layers.
+    # auto: the most taps f_H·f_W for which taps may beat lax. Benchmark: docs/benchmarks.md#taps-auto
     "taps_auto_max_taps": 9,
-    # ... and at most this many padded pixels per output pixel. Row: bench_conv.py --more, 128->128 on 8x8.
+    # auto: the most padded pixels per output pixel for taps. Benchmark: docs/benchmarks.md#taps-auto
     "taps_auto_max_waste": 1.3,
-    # ... and, for layers with as many filters as channels, at least this many channels. Rows: bench_conv.py
-    # --resnet 16@32 (taps 1.38-1.44x lax) and 32@16 (1.01-1.02x; lax also compiles faster), --more wide3x3
-    # 64@32 (0.66-0.77x).
+    # auto: the fewest channels for taps on a square layer (n_C' = n_C). Benchmark: docs/benchmarks.md#taps-auto
     "taps_auto_square_min_channels": 64,
-    # im2col for a strided layer (one group, no dilation) only while its patch matrix m·n_H'·n_W'·f_H·f_W·n_C has at
-    # most this many elements. Rows: bench_conv.py --resnet strided 3x3 (4.7M and 2.4M: 0.56-0.81x lax), an A/B of
-    # (128,16,16,64)->128 s2 (4.7M: 0.81x), (64,32,32,64)->64 s2 (9.4M: 1.53x), 5x5 (64,28,28,32) s2 (10M: 2.9x);
-    # a second A/B: 2.4M 0.92x, 4.7M 0.66x and 0.77x, 9.4M 1.34x and 1.12x, and one miss, (16,64,64,32)->64 s2
-    # (4.7M: 1.07x).
+    # auto: the most patch elements for im2col on a strided layer. Benchmark: docs/benchmarks.md#im2col-auto
     "im2col_auto_max_patch": 5 << 20,
-    # With `compiler_options` in effect, auto takes lax for stride-1 layers of at least this many input channels per
-    # group that rows, depthwise and pointwise do not take: XLA's multi-threaded convolution beat taps on every such
-    # layer measured. Rows: bench_conv.py --resnet and --more with the options (taps / lax, fwd+bwd: 16@32 1.39x,
-    # 32@16 1.65x, 64@8 1.96x, 64@32 1.48x, 16->32 1.54x, 32->64@16 1.93x), an A/B of 8->16 and 8->8 @32 (1.69x,
-    # 1.82x) and 12->24 (1.56x); but 3->16 @32 taps 0.90x and 3->32 @32 im2col 0.68x (kept). The inception step
-    # (batch 64): 780 ms against 819 with taps. Strided layers keep `im2col_pays`: alone, lax beat im2col on them
-    # with the options (1.01-2.04x, six layers), but the ResNet-20 step with lax there ran 803 ms against 639 ms
-    # (9-round A/B): XLA then fused the BatchNorm/residual chains into slow transposes for lax's weight gradient.
-    # With the gradient on buffers (`compile.lax_grad_on_buffers`) that no longer happens, and `resolve_impl` gives lax
-    # every layer rows, depthwise and pointwise leave (this threshold then goes unused). Rows: step A/Bs of lax on the
-    # strided layers and the 3-channel stems against im2col and taps there: ResNet-20 (batch 128) 0.976x and 0.984x,
-    # Inception (64) 1.030x and 0.955x, MobileNet (64) 1.001x and 0.990x, the notes' network (128) 0.941x: ties in
-    # the noise, but the first step compiles faster (ResNet-20 3.70 -> 2.83 s, Inception 6.45 -> 5.67, MobileNet
-    # 4.96 -> 4.36, the notes' network 1.85 -> 1.68).
+    # auto: the fewest input channels for lax on a stride-1 layer (no buffers). Benchmark: docs/benchmarks.md#lax-channels
     "lax_min_channels": 8,
-    # The NaN guard's im2col branch (never run on finite data) over the whole batch while its patches take at most
-    # this many bytes, else in chunks of 16 examples. Rows: LeNet-5's step compiles in 1.18 s at batch 32 (patches
-    # 2.5 MB) against 1.42-1.55 s in chunks; first step at batch 128 (conv1's patches 10 MB) 1.65 -> 1.27 s and at 512
-    # (chunks of 128) 2.17 -> 1.78 s, step time 0.98x, with or without `reuse_host_memory` (minor faults per step
-    # 26-73, not the 4,454 of the whole-batch branch at batch 512, 40 MB, which made the step 1.28x slower). The
-    # step's temporary buffer: 21 MB at batch 128 (10 MB chunked), 29 MB at 512 (18): under glibc's 32 MiB mmap ceiling.
+    # guard: the most patch bytes for its im2col branch over the whole batch. Benchmark: docs/benchmarks.md#guard-chunk
     "guard_whole_batch_bytes": 24 << 20,
-}
+})
 
 
 def applicable(algorithm: str, w_shape, geom) -> str | None:
@@ -189,7 +158,7 @@ def im2col_pays(x_shape, w_shape, geom) -> bool:
     pads, s, d, groups = geom
     f_H, f_W = w_shape[:2]
     if s == (1, 1) or d != (1, 1) or groups != 1 or f_H * f_W > TUNED["taps_auto_max_taps"]:
-        return False  # 5x5 and larger: 2.9x lax's time on the one strided 5x5 layer measured
+        return False  # 5x5 and larger: slower than lax. Benchmark: docs/benchmarks.md#im2col-auto
     return patch_elements(x_shape, w_shape, pads, s, d) <= TUNED["im2col_auto_max_patch"]
 
 
@@ -213,26 +182,31 @@ def resolve_impl(impl: str, x_shape=None, w_shape=None, geom=None) -> str:
     """The implementation impl="auto" stands for: "lax" on GPU/TPU; on CPU "hand" where it is faster, else "lax".
 
     Read at trace time (`jax.default_backend()`). On GPU and TPU lax's
-    convolution (cuDNN and friends) is fastest. On CPU, in this order:
-    "hand" where its rows algorithm applies (narrow layers like LeNet's: 2-6x
-    faster than lax forward+backward), for depthwise layers (groups = n_C: 4-9x,
-    bench_conv.py --resnet dw rows) and 1x1 layers with one group (pointwise, any
-    stride: 2x on ResNet-20's stride-2 projections); "hand" for geometries whose
-    lax gradient aborts jaxlib's CPU compiler (`lax_grad_aborts`); "lax" for
-    every other layer while `compiler_options()` gives lax's convolutions XLA's
-    multi-threaded runtime (in jaxconv's compiled steps: 1.4-2x faster than taps
-    on stride-1 layers of 8 or more channels) and their gradient reads buffers
-    (`lax_grad_on_buffers`: then taps on ResNet's 3-channel stem and im2col on its
-    strided layers no longer beat lax in a step, and lax compiles faster). With
-    the options but without buffers, "lax" for stride-1 layers of at least
-    TUNED["lax_min_channels"] input channels per group. The rest, and every layer
-    without the options (a jaxlib that lacks the option, or
-    `compiler_options(fusion_types=None)`: YNNPACK's convolutions), take "hand"
-    where taps pays (`taps_pays`: 3x3 and 1x1 filters
-    on images larger than about 16x16, not square layers of fewer than 64
-    channels) or im2col pays (`im2col_pays`: strided 3x3 layers with a small
-    patch matrix), else "lax". experiments/bench_conv.py measures them.
-    Without shapes, "auto" on CPU means "hand".
+    convolution (cuDNN and friends) is fastest. On CPU, the first rule that
+    applies decides:
+
+    1. "hand" where rows (narrow layers like LeNet's), depthwise (groups = n_C)
+       or pointwise (1x1 filters, one group, any stride) applies: each beats
+       lax forward+backward by a wide margin. Benchmark: docs/benchmarks.md#auto-hand
+    2. "hand" for geometries whose lax gradient aborts jaxlib's CPU compiler
+       (`lax_grad_aborts`).
+    3. With `compile.compiler_options()` (lax's convolutions on XLA's
+       multi-threaded runtime) and lax's gradient on buffers
+       (`compile.lax_grad_on_buffers()`, the default on CPU): "lax" for every
+       other layer. Taps and im2col then no longer beat it inside a training
+       step, and lax compiles faster. Benchmark: docs/benchmarks.md#lax-channels
+    4. With the options but without buffers: "lax" for stride-1 layers of at
+       least TUNED["lax_min_channels"] input channels per group. Strided layers
+       go on to rule 5: with lax there, XLA fused the BatchNorm/residual chains
+       into slow transposes before lax's weight gradient.
+    5. The rest, and every layer without the options (a jaxlib that lacks the
+       option, or `compiler_options(fusion_types=None)`: YNNPACK's
+       convolutions): "hand" where taps pays (`taps_pays`: few taps, little
+       padding, not a narrow square layer) or im2col pays (`im2col_pays`:
+       strided 3x3 layers with a small patch matrix), else "lax".
+
+    Without shapes, "auto" on CPU means "hand". experiments/bench_conv.py
+    measures the layers.
     """
     if impl != "auto":
         return impl

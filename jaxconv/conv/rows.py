@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, pad_input, padded_size, place
-from jaxconv.conv.policy import TUNED
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, crop, pad_input, padded_size, place
+from jaxconv.conv import policy
 
 
 def _band(n_in, f_W):
@@ -90,7 +90,7 @@ def forward(x, w, b, pads, B):
     x_pad = pad_input(x, ext_pads)  # (m, n_H_pad, n_blk·B + f_W − 1, n_C)
     m, n_H_pad = x_pad.shape[:2]
     n_H_out = n_H_pad - f_H + 1
-    if n_C <= TUNED["rows_direct_max_channels"]:
+    if n_C <= policy.TUNED["rows_direct_max_channels"]:
         z = _direct(x_pad, w, n_H_out, n_W_out)
         return (z if b is None else z + b).astype(x.dtype), x_pad
     R = _rows(x_pad, f_H, f_W, n_H_out, B)  # (m·n_H'·n_blk, f_H·(B + f_W − 1)·n_C)
@@ -145,7 +145,7 @@ def backward(plan: Plan, res, dZ):
     n_in, n_blk = B + f_W - 1, (n_W_ext - f_W + 1) // B
 
     dtype, acc = dZ.dtype, acc_dtype(dZ.dtype)  # sums in float32 for bfloat16/float16
-    db = dZ.sum(axis=(0, 1, 2), dtype=acc).astype(dtype) if has_bias else None  # (n_C',)
+    db = bias_grad(dZ) if has_bias else None  # (n_C',)
 
     dZ_mat = jnp.pad(dZ, ((0, 0), (0, 0), (0, n_blk * B - n_W_out), (0, 0))).reshape(m * n_H_out * n_blk, B * n_C_out)
     R = _rows(x_pad, f_H, f_W, n_H_out, B)  # (m·n_H'·n_blk, f_H·n_in·n_C)
@@ -181,6 +181,6 @@ def _dx_groups(n_in, B, f_W):
 
     halves = [group(0, n_in // 2), group(n_in // 2, n_in)]
     work = sum((a1 - a0) * (b1 - b0) for a0, a1, b0, b1 in halves)
-    if n_in >= 2 and work <= TUNED["rows_dx_max_fraction"] * n_in * B:
+    if n_in >= 2 and work <= policy.TUNED["rows_dx_max_fraction"] * n_in * B:
         return halves
     return [(0, n_in, 0, B)]

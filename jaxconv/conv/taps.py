@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.conv.geometry import Plan, acc_dtype, crop, out_size, pad_input
+from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, crop, out_size, pad_input
 
 
 def _tap_offsets(n_W_pad, f, d):
@@ -117,7 +117,7 @@ def backward(plan: Plan, res, dZ):
     """db = Σ dZ; dX and dW chunk by chunk (`_chunk_backward`), dW summed over the chunks."""
     x, w, has_bias = res
     pads, d, c = plan.pads, plan.dilation, plan.block or x.shape[0]
-    db = dZ.sum(axis=(0, 1, 2), dtype=acc_dtype(dZ.dtype)).astype(dZ.dtype) if has_bias else None
+    db = bias_grad(dZ) if has_bias else None
     if c == x.shape[0]:
         dX, dW = _chunk_backward(x, dZ, w, pads, d)
         return dX, dW.astype(w.dtype), db

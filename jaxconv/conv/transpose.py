@@ -19,7 +19,7 @@ from jax import lax
 from jaxconv import _args
 from jaxconv._args import LAYOUT
 from jaxconv.conv import im2col
-from jaxconv.conv.geometry import Plan, acc_dtype, check_groups, lax_sum_dtype, pad_input
+from jaxconv.conv.geometry import Plan, bias_grad, check_filter, lax_sum_dtype, pad_input
 
 
 def transpose_geometry(x_shape, w_shape, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, op="conv_transpose2d"):
@@ -33,16 +33,9 @@ def transpose_geometry(x_shape, w_shape, *, stride=1, padding=0, output_padding=
     s = _args.pair(stride, "stride", op, minimum=1)
     d = _args.pair(dilation, "dilation", op, minimum=1)
     op_pad = _args.pair(output_padding, "output_padding", op, minimum=0)
-    if len(w_shape) != 4:
-        raise ValueError(f"{op}: `w` must have shape (f_H, f_W, n_C' / groups, n_C) (the HWIO filter of the conv2d it transposes), got shape {tuple(w_shape)}.")
-    m, n_H, n_W, n_C = x_shape
-    f_H, f_W, n_Cg_out, n_C_w = w_shape
-    if n_C_w != n_C:
-        raise ValueError(
-            f"{op}: input channels n_C (={n_C}) must equal the filter's last axis (={n_C_w}): w is the HWIO filter "
-            f"(f_H, f_W, n_C' / groups, n_C) of the conv2d that maps n_C' channels to n_C; give w shape (f_H, f_W, n_C' / groups, {n_C})."
-        )
-    check_groups(groups, n_C, op)
+    check_filter(x_shape, w_shape, groups, op, transposed=True)
+    m, n_H, n_W, _ = x_shape
+    f_H, f_W, n_Cg_out, _ = w_shape
     for axis, (o, s_i, d_i) in enumerate(zip(op_pad, s, d)):
         if o >= max(s_i, d_i):
             raise ValueError(
@@ -61,13 +54,14 @@ def transpose_geometry(x_shape, w_shape, *, stride=1, padding=0, output_padding=
     return plan, extra, (m, *n_out, n_Cg_out * groups)
 
 
-def _core_shape(x, w, plan, extra, out_shape):
-    return (x.shape[0], out_shape[1] - extra[0], out_shape[2] - extra[1], out_shape[3])
+def _core_shape(m, extra, out_shape):
+    """(m, n_H' − extra_H, n_W' − extra_W, n_C'): the output without the `extra` rows and columns no window reads."""
+    return (m, out_shape[1] - extra[0], out_shape[2] - extra[1], out_shape[3])
 
 
 def _forward(x, w, b, plan, extra, out_shape):
     """y = col2im(x · Wᵀ) (im2col's input gradient with dZ = x), zero rows/columns for `extra`, + b."""
-    core = _core_shape(x, w, plan, extra, out_shape)
+    core = _core_shape(x.shape[0], extra, out_shape)
     pad_shape = (core[0], core[1] + sum(plan.pads[0]), core[2] + sum(plan.pads[1]), core[3])
     y = im2col.input_grad(x, w, plan, pad_shape, core)  # (m, n_H' − extra_H, n_W' − extra_W, n_C')
     y = jnp.pad(y, ((0, 0), (0, extra[0]), (0, extra[1]), (0, 0)))
@@ -91,7 +85,7 @@ def _bwd(plan, extra, out_shape, res, dy):
     dy_pad = pad_input(core, plan.pads)
     dx = im2col.forward(core, w, None, plan)[0]  # (m, n_H, n_W, n_C)
     dw = im2col.weight_grad(dy_pad, x, w.shape, plan)  # (f_H, f_W, n_C'/G, n_C)
-    db = dy.sum(axis=(0, 1, 2), dtype=acc_dtype(dy.dtype)).astype(dy.dtype) if has_bias else None
+    db = bias_grad(dy) if has_bias else None
     return dx, dw, db
 
 
