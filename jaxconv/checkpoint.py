@@ -297,8 +297,9 @@ def _read(npz, name: str, path: str, op: str) -> np.ndarray:
     except ValueError as e:
         if "pickle" in str(e).lower() or "object" in str(e).lower():
             raise ValueError(
-                f"{op}: entry `{name}` of `{path}` is a pickled object array; refused (checkpoints are read with "
-                f"allow_pickle=False and never run code from a file). This file was not written by save_checkpoint."
+                f"{op}: entry `{name}` of `{path}` reads as an object (pickled) array, which is refused (checkpoints "
+                f"are read with allow_pickle=False and never run code from a file); its array header is damaged or "
+                f"the file was not written by save_checkpoint: use an earlier checkpoint."
             ) from None
         raise ValueError(f"{op}: entry `{name}` of `{path}` is damaged ({e}); use an earlier checkpoint.") from None
     except (zipfile.BadZipFile, OSError, EOFError) as e:
@@ -419,6 +420,33 @@ def read_header(path) -> dict:
 
 
 def _load(f, path, params_like, opt_state_like, config, op, header_only=False, state_like=None) -> dict:
+    """The body of `load_checkpoint`/`read_header`: open the .npz, read and check its header, then its arrays."""
+    with _open_npz(f, path, op) as npz:
+        meta = _read_meta(npz, path, op)
+        if config is not None:
+            _check_config(meta.get("config"), config, path, op)
+        result = {"step": int(meta["step"]), "config": meta.get("config")}
+        if meta.get("metadata") is not None:
+            result["metadata"] = meta["metadata"]
+        if header_only:
+            return result
+        if state_like is not None and "state" not in meta:
+            raise ValueError(
+                f"{op}: `{path}` holds no model state but `state_like` asks for one; the checkpoint was saved "
+                f"without state= (a model without BatchNorm, or an older run); pass state_like=None, or resume "
+                f"with the model that saved it."
+            )
+        parts = [("params", params_like), ("opt_state", opt_state_like)]
+        if "state" in meta:
+            parts.append(("state", state_like))
+        for prefix, template in parts:
+            result[prefix] = _load_part(npz, meta[prefix], prefix, template, path, op)
+        result["key"] = _load_key(npz, meta.get("key"), path, op)
+    return result
+
+
+def _open_npz(f, path, op):
+    """The open .npz of a checkpoint file; a ValueError for anything else (never a pickle)."""
     magic = f.read(4)
     f.seek(0)
     if magic != b"PK\x03\x04":  # every .npz is a zip; anything else numpy would try to read as a pickle
@@ -436,69 +464,57 @@ def _load(f, path, params_like, opt_state_like, config, op, header_only=False, s
         ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{op}: `{path}` is a single .npy array, not a .npz checkpoint written by save_checkpoint.")
-    with npz:
-        if _META not in npz.files:
-            raise ValueError(
-                f"{op}: `{path}` has no `{_META}` entry: it is an .npz file but not a jaxconv checkpoint "
-                f"(entries: {npz.files[:5]}); pass a file written by save_checkpoint."
-            )
-        raw = _read(npz, _META, path, op)
-        try:
-            meta = json.loads(raw.tobytes().decode("utf-8"))
-            version = meta["version"]
-            for part in ("params", "opt_state") + (("state",) if "state" in meta else ()):
-                [(info["name"], info["shape"], info["dtype"]) for info in meta[part]["leaves"]]
-            int(meta["step"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{op}: the header of `{path}` is damaged ({e}); use an earlier checkpoint.") from None
-        if meta.get("format") != _FORMAT or version != FORMAT_VERSION:
-            raise ValueError(
-                f"{op}: `{path}` has format {meta.get('format')!r} version {version!r}, expected {_FORMAT!r} version "
-                f"{FORMAT_VERSION}; load it with the jaxconv version that wrote it."
-            )
-        if config is not None:
-            _check_config(meta.get("config"), config, path, op)
+    return npz
 
-        result = {"step": int(meta["step"]), "config": meta.get("config")}
-        if meta.get("metadata") is not None:
-            result["metadata"] = meta["metadata"]
-        if header_only:
-            return result
-        if state_like is not None and "state" not in meta:
-            raise ValueError(
-                f"{op}: `{path}` holds no model state but `state_like` asks for one; the checkpoint was saved "
-                f"without state= (a model without BatchNorm, or an older run); pass state_like=None, or resume "
-                f"with the model that saved it."
-            )
-        parts = [("params", params_like), ("opt_state", opt_state_like)]
-        if "state" in meta:
-            parts.append(("state", state_like))
-        for prefix, template in parts:
-            stored = meta[prefix]["leaves"]
-            arrays = {}
-            for info in stored:
-                arr = _restore_leaf(_read(npz, info["name"], path, op), info)
-                if list(arr.shape) != list(info["shape"]):
-                    raise ValueError(
-                        f"{op}: entry `{info['name']}` of `{path}` has shape {arr.shape} but its header says "
-                        f"{tuple(info['shape'])}; the file is damaged, use an earlier checkpoint."
-                    )
-                arrays[info["name"]] = arr
-            if template is not None:
-                result[prefix] = _fill_template(template, prefix, stored, arrays, path, op)
-            elif meta[prefix]["skeleton"] is not None:
-                jarrays = {n: jnp.asarray(a) for n, a in arrays.items()}
-                result[prefix] = _rebuild(meta[prefix]["skeleton"], jarrays)
-            else:
-                result[prefix] = {n: jnp.asarray(a) for n, a in arrays.items()}
 
-        key_meta = meta.get("key")
-        if key_meta is None:
-            result["key"] = None
-        else:
-            data = _read(npz, _KEY, path, op)
-            if key_meta["typed"]:
-                result["key"] = jax.random.wrap_key_data(jnp.asarray(data), impl=key_meta["impl"])
-            else:
-                result["key"] = jnp.asarray(data)
-    return result
+def _read_meta(npz, path, op) -> dict:
+    """The checkpoint's JSON header, checked for its format, version and the fields the loader reads."""
+    if _META not in npz.files:
+        raise ValueError(
+            f"{op}: `{path}` has no `{_META}` entry: it is an .npz file but not a jaxconv checkpoint "
+            f"(entries: {npz.files[:5]}); pass a file written by save_checkpoint."
+        )
+    raw = _read(npz, _META, path, op)
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+        version = meta["version"]
+        for part in ("params", "opt_state") + (("state",) if "state" in meta else ()):
+            [(info["name"], info["shape"], info["dtype"]) for info in meta[part]["leaves"]]
+        int(meta["step"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{op}: the header of `{path}` is damaged ({e}); use an earlier checkpoint.") from None
+    if meta.get("format") != _FORMAT or version != FORMAT_VERSION:
+        raise ValueError(
+            f"{op}: `{path}` has format {meta.get('format')!r} version {version!r}, expected {_FORMAT!r} version "
+            f"{FORMAT_VERSION}; load it with the jaxconv version that wrote it."
+        )
+    return meta
+
+
+def _load_part(npz, part_meta: dict, prefix: str, template, path, op):
+    """One stored tree (params, opt_state or state): its arrays checked against the header, then rebuilt
+    on `template`'s structure, or on the stored skeleton without one."""
+    stored = part_meta["leaves"]
+    arrays = {}
+    for info in stored:
+        arr = _restore_leaf(_read(npz, info["name"], path, op), info)
+        if list(arr.shape) != list(info["shape"]):
+            raise ValueError(
+                f"{op}: entry `{info['name']}` of `{path}` has shape {arr.shape} but its header says "
+                f"{tuple(info['shape'])}; the file is damaged, use an earlier checkpoint."
+            )
+        arrays[info["name"]] = arr
+    if template is not None:
+        return _fill_template(template, prefix, stored, arrays, path, op)
+    jarrays = {n: jnp.asarray(a) for n, a in arrays.items()}
+    return _rebuild(part_meta["skeleton"], jarrays) if part_meta["skeleton"] is not None else jarrays
+
+
+def _load_key(npz, key_meta, path, op):
+    """The stored PRNG key (typed or raw uint32), or None when the checkpoint has none."""
+    if key_meta is None:
+        return None
+    data = _read(npz, _KEY, path, op)
+    if key_meta["typed"]:
+        return jax.random.wrap_key_data(jnp.asarray(data), impl=key_meta["impl"])
+    return jnp.asarray(data)

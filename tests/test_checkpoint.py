@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,12 +177,27 @@ def test_object_array_refused(saved, tmp_path):
     entries["params['conv1']['b']"] = np.array([{"evil": 1}, None], dtype=object)
     crafted = tmp_path / "crafted.npz"
     np.savez(crafted, allow_pickle=True, **entries)
-    with pytest.raises(ValueError, match=r"entry `params\['conv1'\]\['b'\]` of `.*crafted.npz` is a pickled object array; refused"):
+    with pytest.raises(ValueError, match=r"entry `params\['conv1'\]\['b'\]` of `.*crafted.npz` reads as an object \(pickled\) array, which is refused"):
         load_checkpoint(crafted)
     entries[("__meta__")] = np.array(["{}"], dtype=object)
     np.savez(crafted, allow_pickle=True, **entries)
-    with pytest.raises(ValueError, match=r"pickled object array; refused"):
+    with pytest.raises(ValueError, match=r"reads as an object \(pickled\) array, which is refused"):
         load_checkpoint(crafted)
+
+
+def test_a_flipped_array_header_is_reported_as_damage(saved, tmp_path):
+    """A bit flip that turns a stored array's dtype into an object dtype: the message says the header is damaged
+    (the file came from save_checkpoint), not only that it holds pickles (issue #25)."""
+    raw = open(saved[0], "rb").read()
+    found = re.search(rb"'descr': '<f\d', ", raw)
+    assert found is not None
+    as_object = b"'descr': '|O', ".ljust(len(found.group(0)))  # the same length: the zip's offsets stay right
+    flipped = raw[: found.start()] + as_object + raw[found.end():]
+    assert len(flipped) == len(raw)
+    damaged = tmp_path / "flipped.npz"
+    damaged.write_bytes(flipped)
+    with pytest.raises(ValueError, match=r"flipped.npz` (is damaged \(Bad CRC|reads as an object .*its array header is damaged)"):
+        load_checkpoint(damaged)
 
 
 def test_not_a_checkpoint(tmp_path):
