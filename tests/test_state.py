@@ -334,6 +334,15 @@ def test_error_dropout_without_key_in_train_mode():
         net.apply({"block": {"drop": {}}}, jnp.ones((2, 3)), train=True)
 
 
+def test_error_dropout_with_a_bare_seed_as_key():
+    """key=0 (a seed, not a key) is refused by name, by Dropout and by the composites that fold it (issue #25)."""
+    with pytest.raises(TypeError, match=r"Dropout.apply: `key` must be a jax.random key, got int 0; pass jax.random.key\(0\)"):
+        Dropout(0.5).apply({}, jnp.ones((2, 3)), key=0, train=True)
+    net = serial(("block", serial(("drop", Dropout(0.5)))))
+    with pytest.raises(TypeError, match=r"serial.apply: `key` must be a jax.random key, got int 0"):
+        net.apply({"block": {"drop": {}}}, jnp.ones((2, 3)), key=0, train=True)
+
+
 def test_error_eval_without_running_statistics_names_the_path():
     net = serial(("stage", residual(serial(("conv_a", Conv2D(2, 3, padding=1)), ("bn_a", BatchNorm())))))
     _, params = net.init(KEY, (2, 4, 4, 2))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxconv.layers.core import Layer, call_layer, check_count, init_state_of, inside, make_layer, parameter_free
+from jaxconv.layers.core import Layer, call_layer, check_count, check_key, init_state_of, inside, make_layer, parameter_free
 
 
 def _named(op, layers):
@@ -40,6 +40,15 @@ def _check_tree(op, tree, names, what):
             f"{op}: {what} do not match the layers: missing {missing}, unexpected {unexpected} "
             f"(got {type(tree).__name__}); pass the {what} that this model's {'init' if what == 'params' else 'init_state'} returned."
         )
+
+
+def _check_call(op, names, params, state, key):
+    """A composite's apply arguments: params (and state) keyed by its layers' names, key a jax.random key."""
+    _check_tree(op, params, names, "params")
+    if state is not None:
+        _check_tree(op, state, names, "state")
+    if key is not None:
+        check_key(op, key, "apply")
 
 
 def _child_keys(key, n):
@@ -97,9 +106,7 @@ def serial(*layers) -> Layer:
         return _chain_init_state(named, tuple(input_shape))
 
     def apply(params, x, *, state=None, key=None, train=False, **kwargs):
-        _check_tree("serial", params, names, "params")
-        if state is not None:
-            _check_tree("serial", state, names, "state")
+        _check_call("serial", names, params, state, key)
         y, state = _chain(named, params, x, state, key, train, kwargs)
         return y if state is None else (y, state)
 
@@ -140,9 +147,7 @@ def parallel(*layers) -> Layer:
         return tuple(shapes), state
 
     def apply(params, xs, *, state=None, key=None, train=False, **kwargs):
-        _check_tree(op, params, names, "params")
-        if state is not None:
-            _check_tree(op, state, names, "state")
+        _check_call(op, names, params, state, key)
         check_inputs(xs, "the input")
         ys, new_state = [], ({} if state is not None else None)
         for i, ((name, layer), x) in enumerate(zip(named, xs)):
@@ -267,9 +272,7 @@ def residual(block: Layer, shortcut: Layer | None = None, activation: Layer | No
         return y_shape, {**state, **rest}
 
     def apply(params, x, *, state=None, key=None, train=False, **kwargs):
-        _check_tree(op, params, names, "params")
-        if state is not None:
-            _check_tree(op, state, names, "state")
+        _check_call(op, names, params, state, key)
         y, new_state = _chain(named[:n_body], params, x, state, key, train, kwargs)
         k = None if key is None else jax.random.fold_in(key, n_body)
         with inside("shortcut"):

@@ -95,16 +95,17 @@ def parameter_free(op, kind, output_shape, fn) -> Layer:
     return make_layer(op, kind, init, apply)
 
 
-def _check_key(op, key):
+def check_key(op, key, method="init"):
+    """A TypeError unless `key` is a jax.random key (typed, or legacy uint32 (2,) data); `method` names the call."""
     is_key = isinstance(key, jax.Array) and (
         jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
     )
     if not is_key:
         raise TypeError(
-            f"{op}.init: `key` must be a jax.random key, got {type(key).__name__} {key!r}; "
+            f"{op}.{method}: `key` must be a jax.random key, got {type(key).__name__} {key!r}; "
             f"pass jax.random.key({key!r}) instead of the bare seed."
             if isinstance(key, int)
-            else f"{op}.init: `key` must be a jax.random key, got {type(key).__name__}; make one with jax.random.key(seed)."
+            else f"{op}.{method}: `key` must be a jax.random key, got {type(key).__name__}; make one with jax.random.key(seed)."
         )
 
 
@@ -134,7 +135,7 @@ def _compiled_init(op, init):
     """
 
     def checked(key, input_shape):
-        _check_key(op, key)
+        check_key(op, key)
         _check_input_shape(op, input_shape)
         if initializers.in_pooled_init():  # inside an outer layer's init: its passes cover this one
             return init(key, input_shape)

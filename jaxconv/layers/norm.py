@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv import initializers, nn
-from jaxconv.layers.core import Layer, check_params, make_layer
+from jaxconv.layers.core import Layer, check_key, check_params, make_layer
 from jaxconv.layers.dtypes import check_dtypes, to_compute
 
 
@@ -113,6 +113,7 @@ def Dropout(rate: float) -> Layer:
         if train and rate > 0:
             if key is None:
                 raise ValueError(f"{op}: train mode drops values at random and needs a `key`; pass key=jax.random.key(step) to apply (or train=False).")
+            check_key(op, key, "apply")
             keep = jax.random.bernoulli(key, 1 - rate, x.shape)
             x = jnp.where(keep, x / (1 - rate), jnp.zeros((), x.dtype))
         return x if state is None else (x, {})
