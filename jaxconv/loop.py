@@ -53,8 +53,9 @@ import optax
 
 from jaxconv import conv, data, models, parallel, report, resume, rundir, steps
 from jaxconv._args import check_labels, integer
-from jaxconv.resume import RESUME_KEYS  # noqa: F401  (public here since the loop's first version)
-from jaxconv.rundir import RUN_FILES, RunDirectoryError, WriteError  # noqa: F401  (raised by fit)
+# Re-exported: fit raises these errors, and these names have always been public here.
+from jaxconv.resume import RESUME_KEYS  # noqa: F401
+from jaxconv.rundir import RUN_FILES, RunDirectoryError, WriteError  # noqa: F401
 from jaxconv.train import make_eval_step
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -62,8 +63,12 @@ DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 2e-3}
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")  # compute dtypes; params, loss and optimizer stay float32 (see README, Conventions)
 
+
 @dataclasses.dataclass
 class TrainConfig:
+    """The settings of a training run. `fit` reads them and never changes them: what it derives (the checked
+    whole numbers, the resumed run's learning rate, the data's fingerprint) goes into copies and a `Run`."""
+
     model: str = "lenet5"  # a name in models.MODELS
     data: str = "digits"  # a name in data.DATASETS
     data_dir: Optional[str] = None  # folder of the MNIST/CIFAR-10 files
