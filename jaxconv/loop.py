@@ -41,7 +41,6 @@ import hashlib
 import inspect
 import json
 import os
-import sys
 import threading
 import time
 from typing import Any, Optional
@@ -300,7 +299,7 @@ def _fit(config: TrainConfig, log, primary: bool) -> dict:
     trainer, weights = _build(run)
     progress = _start(run, trainer, weights, log)
     log(report.start_line(run.config, run.ds, run.steps_per_epoch, run.dropped, run.mesh))
-    tqdm = _tqdm() if run.config.progress else None
+    tqdm = report.tqdm_class() if run.config.progress else None
     if primary:  # matplotlib's import for the plot at the end, done while the steps compile and run
         threading.Thread(target=report.pyplot, daemon=True).start()
     start_time = time.perf_counter()
@@ -394,12 +393,6 @@ def _start(run: Run, trainer: Trainer, weights: tuple, log) -> Progress:
     return Progress(params, opt_state, state, step, history)
 
 
-def _tqdm():
-    from tqdm.auto import tqdm
-
-    return tqdm
-
-
 def _train(run: Run, trainer: Trainer, progress: Progress, log, tqdm) -> None:
     """The epochs left to run; Ctrl-C and a full disk become one-line errors that say what is kept."""
     # The training set lives on the device: each step's batch is cut from it and shifted there, by the
@@ -445,14 +438,14 @@ def _train_steps(run: Run, trainer: Trainer, progress: Progress, epoch: int, bat
     """
     config, steps_per_epoch = run.config, run.steps_per_epoch
     start_step = progress.step - epoch * steps_per_epoch
-    bar = _bar(tqdm, steps_per_epoch, start_step, epoch, config.epochs) if run.primary else None
+    bar = report.progress_bar(tqdm, steps_per_epoch, start_step, epoch, config.epochs) if run.primary else None
     losses = []
     for k in range(start_step, steps_per_epoch):
         metrics = _train_step(trainer, progress, batches, k)
         losses.append(metrics["loss"])
         progress.step += 1
         if bar is not None:
-            _show(bar, progress.step, steps_per_epoch, metrics, len(losses) * config.batch_size, epoch_start)
+            report.show_step(bar, progress.step, steps_per_epoch, metrics, len(losses) * config.batch_size, epoch_start)
         # The epoch's last step is saved by _run_epoch, with its metrics line.
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0 and progress.step % steps_per_epoch:
             _check_finite(losses, progress.step, epoch, steps_per_epoch, functools.partial(resume.kept, run.ckpt_path))
@@ -471,23 +464,6 @@ def _train_step(trainer: Trainer, progress: Progress, batches, k: int) -> dict:
     else:
         p.params, p.opt_state, metrics = trainer.step(p.params, p.opt_state, *batches, k)
     return metrics
-
-
-def _bar(tqdm, steps_per_epoch: int, start_step: int, epoch: int, epochs: int):
-    """The epoch's progress bar, or None: no tqdm, or stderr is not a terminal (piped logs get the epoch lines)."""
-    if tqdm is None:
-        return None
-    bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
-               leave=False, disable=None, file=sys.stderr)
-    return None if bar.disable else bar
-
-
-def _show(bar, step: int, steps_per_epoch: int, metrics: dict, images: int, epoch_start: float) -> None:
-    """Advance the bar by one step; every 5th step and the epoch's last, show the loss and images/s."""
-    if step % 5 == 0 or step % steps_per_epoch == 0:
-        loss_now = float(jnp.mean(metrics["loss"]))
-        bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{images / (time.perf_counter() - epoch_start):,.0f}")
-    bar.update(1)
 
 
 def _save(run: Run, trainer: Trainer, progress: Progress) -> None:

@@ -1,16 +1,43 @@
-"""What a training run reports: each epoch's evaluation and log line, the run's summary, and `curves.png`."""
+"""What a training run reports: progress bars, each epoch's evaluation and log line, the run's summary, `curves.png`."""
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.train import evaluate
 
 EVAL_BATCH_SIZE = 256  # examples per evaluation batch (one compiled shape, the last batch padded)
+
+
+def tqdm_class():
+    """tqdm's progress bar class (imported only for runs that show bars)."""
+    from tqdm.auto import tqdm as bar_class
+
+    return bar_class
+
+
+def progress_bar(tqdm, steps_per_epoch: int, start_step: int, epoch: int, epochs: int):
+    """The epoch's progress bar, or None: no tqdm, or stderr is not a terminal (piped logs get the epoch lines)."""
+    if tqdm is None:
+        return None
+    bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+               leave=False, disable=None, file=sys.stderr)
+    return None if bar.disable else bar
+
+
+def show_step(bar, step: int, steps_per_epoch: int, metrics: dict, images: int, epoch_start: float) -> None:
+    """Advance the bar by one step; every 5th step and the epoch's last, show the loss and images/s."""
+    if step % 5 == 0 or step % steps_per_epoch == 0:
+        loss_now = float(jnp.mean(metrics["loss"]))
+        bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{images / (time.perf_counter() - epoch_start):,.0f}")
+    bar.update(1)
 
 
 def member(tree, k):
