@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "CHECKPOINT_NAME",
     "FORMAT_VERSION",
+    "check_config",
     "checkpoint_path",
     "latest_checkpoint",
     "load_checkpoint",
@@ -354,7 +355,12 @@ def _fill_template(template, prefix, stored: list[dict], arrays: dict, path: str
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _check_config(stored, wanted, path: str, op: str) -> None:
+def check_config(stored, wanted, path: str, op: str) -> None:
+    """Refuse a checkpoint whose saved config `stored` differs from `wanted` in any of wanted's keys.
+
+    Raises a ValueError (naming `op` and the checkpoint at `path`) that lists every differing setting,
+    checkpoint's value against the one asked for; `load_checkpoint(..., config=wanted)` calls it.
+    """
     wanted = _json_config(wanted, op)
     if not isinstance(wanted, dict):
         raise TypeError(f"{op}: `config` must be a dict of the settings to check, got {type(wanted).__name__}.")
@@ -424,7 +430,7 @@ def _load(f, path, params_like, opt_state_like, config, op, header_only=False, s
     with _open_npz(f, path, op) as npz:
         meta = _read_meta(npz, path, op)
         if config is not None:
-            _check_config(meta.get("config"), config, path, op)
+            check_config(meta.get("config"), config, path, op)
         result = {"step": int(meta["step"]), "config": meta.get("config")}
         if meta.get("metadata") is not None:
             result["metadata"] = meta["metadata"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import atexit
+import logging
 import os
 import sys
 
@@ -19,14 +19,12 @@ def _shape(text: str) -> tuple:
 
 
 def cmd_summary(args) -> int:
+    from jaxconv.loop import in_channels_kwargs
     from jaxconv.models import INPUT_SHAPES, MODELS
     from jaxconv.summary import format_summary, summary
 
     input_shape = (1, *args.input_shape) if args.input_shape else INPUT_SHAPES[args.model]
-    import inspect
-
-    takes_channels = "in_channels" in inspect.signature(MODELS[args.model]).parameters  # seed_cnn takes RGB only
-    model = MODELS[args.model](**({"in_channels": input_shape[3]} if takes_channels else {}))
+    model = MODELS[args.model](**in_channels_kwargs(args.model, input_shape[3]))  # seed_cnn takes RGB only
     try:
         rows = summary(model, input_shape)
     except ValueError as e:
@@ -115,10 +113,18 @@ def cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxconv.models import MODELS
-
     parser = argparse.ArgumentParser(prog="jaxconv", description="Convolutional networks as plain JAX functions.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_summary_command(sub)
+    p = _add_train_command(sub)
+    _add_run_arguments(p)
+    _add_scaling_arguments(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def _add_summary_command(sub) -> None:
+    from jaxconv.models import MODELS
 
     p = sub.add_parser("summary", help="print a model's layer table (activation shapes, sizes, parameters, MACs)",
                        description="Print the notes' table: activation shape, activation size, # parameters and "
@@ -128,9 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-example input shape (default: the model's own, 32,32,1 for lenet5, 32,32,3 for seed_cnn)")
     p.set_defaults(func=cmd_summary)
 
+
+def _add_train_command(sub) -> argparse.ArgumentParser:
+    """`jaxconv train` and what it trains: model, data, optimizer, schedule, augmentation, convolution, dtype, seed."""
     from jaxconv.conv import ALGORITHMS, IMPLS
     from jaxconv.data import DATASETS
     from jaxconv.loop import DEFAULT_LR, DTYPES, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULES, TrainConfig
+    from jaxconv.models import MODELS
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -144,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network to train (jaxconv.models.MODELS), built for the data's channels and 10 classes; "
                         "resnet20, inception and mobilenet carry BatchNorm state: trained in train mode (batch "
                         "statistics), evaluated in eval mode (running statistics), state saved in the checkpoint. "
-                        "Same defaults for every model; on 2 CPU cores resnet20 takes ~1-2 min an epoch of the "
-                        "digits (README, Training models with state)")
+                        "Same defaults for every model; on a CPU resnet20 takes minutes per epoch of the "
+                        "digits (docs/benchmarks.md#resnet20-epoch)")
     p.add_argument("--data", choices=sorted(DATASETS), default=d.data,
                    help="; ".join(f"{name}: {entry.help}" for name, entry in sorted(DATASETS.items())))
     p.add_argument("--data-dir", default=None, metavar="PATH", help="folder holding the mnist or cifar10 files")
@@ -169,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype: bfloat16 runs convs and dense layers in bfloat16 (float32 sums), "
                         "with float32 params, loss and optimizer")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and shuffling")
+    return p
+
+
+def _add_run_arguments(p) -> None:
+    """How the run goes: where its files go, resuming, ensembles, a subset of the data, checkpoints, progress
+    bars and the compile cache."""
+    from jaxconv.loop import TrainConfig
+
+    d = TrainConfig()
     p.add_argument("--out", default=d.out, metavar="DIR", help="where metrics, config, checkpoint and plot go")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (same settings and data; a larger --epochs "
@@ -186,14 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile-cache", action="store_true",
                    help="compile the steps afresh instead of loading them from the on-disk cache "
                         "($XDG_CACHE_HOME/jaxconv/xla or ~/.cache/jaxconv/xla; JAX_COMPILATION_CACHE_DIR overrides)")
+
+
+def _add_scaling_arguments(p) -> None:
     g = p.add_argument_group("scaling out", "data parallelism over devices and hosts (see README, Scaling out)")
     g.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                    help="split each batch over N devices (default: all devices of all processes); "
                         "--batch-size must be a multiple of N")
     g.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
-                   help="on CPU, expose N devices (e.g. one per core) and split each batch over them; measured "
-                        "0.82-0.89x the speed of one device on 2 cores (README, Scaling out): a way to test "
-                        "multi-device runs, not a speed-up")
+                   help="on CPU, expose N devices (e.g. one per core) and split each batch over them; slower than "
+                        "one device on 2 cores (docs/benchmarks.md#cpu-devices): a way to test multi-device runs, "
+                        "not a speed-up")
     g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="address of process 0 for a multi-process run (env JAXCONV_COORDINATOR; 'auto' on "
                         "TPU pods, Slurm, Open MPI)")
@@ -201,8 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of processes in the run (env JAXCONV_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, default=None, metavar="I",
                    help="this process's id, 0..N-1 (env JAXCONV_PROCESS_ID)")
-    p.set_defaults(func=cmd_train)
-    return parser
 
 
 def main(argv=None) -> int:
@@ -215,16 +235,31 @@ def run() -> None:
     """The `jaxconv` command: `main()`, then an exit that skips tearing the interpreter down.
 
     Every file a command writes is complete when `main()` returns (checkpoints and metrics are
-    written atomically), so what is left is Python freeing its modules and XLA's client and thread
-    pools: 0.3 s after a training run, 5% of the main job's wall time. The exit handlers still run
-    (`jax.distributed`'s shutdown among them) and the streams are flushed, then os._exit. Errors
-    and interrupts leave through the normal path. `main()` itself returns, for callers in Python.
+    written atomically), so what is left of a normal exit is Python freeing its modules and XLA's
+    client and thread pools, which takes a noticeable share of a short run
+    (docs/benchmarks.md#fast-exit). `_finish` does what of that matters, with public calls: it
+    waits for JAX's pending effects, closes the log handlers and flushes the streams; then
+    `os._exit`. A multi-process run exits the normal way instead, so that JAX's own exit handler
+    leaves `jax.distributed` in order. Errors and interrupts leave through the normal path.
+    `main()` itself returns, for callers in Python.
     """
     code = main()
-    atexit._run_exitfuncs()
+    if not _finish():
+        sys.exit(code)
+    os._exit(code or 0)
+
+
+def _finish() -> bool:
+    """The cleanup of a normal exit that an `os._exit` needs; False when the process must exit normally."""
+    import jax
+
+    if jax.distributed.is_initialized():  # its shutdown belongs after JAX's own backend cleanup, at exit
+        return False
+    jax.effects_barrier()  # what JAX's exit handler waits for: effects of computations still running
+    logging.shutdown()  # flush and close the log handlers
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code or 0)
+    return True
 
 
 if __name__ == "__main__":

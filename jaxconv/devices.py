@@ -78,10 +78,10 @@ def reuse_host_memory(limit: int = 2**31 - 1) -> bool:
     XLA's CPU executables allocate their temporary buffer on every call. glibc
     serves blocks above its mmap threshold (at most 32 MiB by default) with a
     fresh mmap and unmaps them on free, so each training step page-faults its
-    whole working set in again and the kernel zeroes it. LeNet-5's step at batch
-    512 spends a quarter of its time there (benchmark.py: 34.6 ms -> 24.9 ms per
-    step with this call, same process, 2-core EPYC); ResNet-20's working set is
-    larger still. Raising the mmap and trim thresholds keeps the blocks in the
+    whole working set in again and the kernel zeroes it. A LeNet-5 step at batch
+    512 spends a large share of its time there, and this call takes it back
+    (docs/benchmarks.md#reuse-host-memory); ResNet-20's working set is larger
+    still. Raising the mmap and trim thresholds keeps the blocks in the
     heap for the next step; the process's resident memory stays at its peak
     instead of shrinking between steps.
 
@@ -114,8 +114,8 @@ def compile_cache(path: str | None = None, min_compile_s: float = 0.0) -> str | 
     took at least `min_compile_s` to compile. A cache the user configured already
     (JAX_COMPILATION_CACHE_DIR, or jax_compilation_cache_dir) is kept as it is.
     `jaxconv train` calls this unless given --no-compile-cache: a second run of
-    the same job skips the compilation of its train and eval steps (README,
-    Speed: the main job end to end). Returns the directory in use, or None when
+    the same job skips the compilation of its train and eval steps
+    (docs/benchmarks.md#compile-cache). Returns the directory in use, or None when
     it cannot be created (the run then compiles as usual).
     """
     configured = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir

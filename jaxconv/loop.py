@@ -12,70 +12,66 @@ statistics, no dropout); see README, "Training models with state".
 
 The training set is put on the device once; each epoch's shuffle and shifts are
 drawn on the host by NumPy (`data.epoch_draws`, nothing to compile) and each
-step's batch is cut from the set inside the compiled step (`data.cut_batch`),
+step's batch is cut from the set inside the compiled step (`jaxconv.steps`),
 so the host queues steps without waiting for them. The steps are compiled with
 `jaxconv.compile.compiler_options()`.
 
 Runs you can trust:
-- The checkpoint is the one source of truth. Each epoch is evaluated before
-  it is saved, and its metrics line is saved inside the checkpoint; then
-  `metrics.jsonl` is rewritten (atomically) from that history. A kill at any
-  moment loses no line: `resume=True` rebuilds `metrics.jsonl` from the
-  checkpoint and continues bit-identically to an uninterrupted run.
-- A run directory holds one run: a new run into a directory with another run's
-  files is refused (pass `resume=True`, or `overwrite=True` to replace it), and
-  a lock (`.lock`, `fcntl.flock`, released by the kernel when the process
-  ends, so a killed run leaves no stale lock) refuses a second concurrent run.
-- Resume checks the config (model, optimizer, lr, ...) and a fingerprint of
-  the data, and removes temporary files a killed save left.
+- The checkpoint is the one source of truth (`jaxconv.resume`): each epoch is
+  evaluated, then saved with its metrics line, then `metrics.jsonl` is
+  rewritten from that history. A kill at any moment loses no line, and
+  `resume=True` continues bit-identically to an uninterrupted run, after
+  checking the config and a fingerprint of the data.
+- A run directory holds one run, and a lock refuses a second concurrent run
+  (`jaxconv.rundir`); `overwrite=True` replaces another run's files.
 - A finished run can be extended: resume with a larger `epochs`. With the
   cosine schedule the added epochs get a new cosine cycle from the peak lr
   down to 0 (a warm restart); `schedule_epochs` in config.json lists where
   each cycle ends. An unfinished run must first finish its own epochs.
-"""
 
+`fit` is an orchestrator: `_prepare` derives a `Run` from the config (which it
+never changes), `_build` makes the model, optimizer and compiled steps,
+`_start` opens a fresh or resumed run, and `_train` runs the epochs.
+"""
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import hashlib
 import inspect
 import json
 import os
-import sys
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv import checkpoint, conv, data, models, parallel
-from jaxconv import compile as compiling
+from jaxconv import conv, data, models, parallel, report, resume, rundir, steps
 from jaxconv._args import check_labels, integer
-from jaxconv.train import evaluate, make_eval_step, make_train_step, stack_params
+# Re-exported: fit raises these errors, and these names have always been public here.
+from jaxconv.resume import RESUME_KEYS  # noqa: F401
+from jaxconv.rundir import RUN_FILES, RunDirectoryError, WriteError  # noqa: F401
+from jaxconv.train import make_eval_step
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 2e-3}
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")  # compute dtypes; params, loss and optimizer stay float32 (see README, Conventions)
-# The keys a checkpoint must agree on to be resumed: a different model, data
-# set or optimizer would silently train something else. `epochs` may grow (to
-# extend a finished run); `data_fingerprint` is checked first, with its own message.
-RESUME_KEYS = ("model", "data", "data_fingerprint", "impl", "optimizer", "lr", "schedule", "shift", "batch_size", "seed",
-               "ensemble", "limit")
-RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "config.json", "curves.png")  # what a run writes to its directory
 
 
 @dataclasses.dataclass
 class TrainConfig:
+    """The settings of a training run. `fit` reads them and never changes them: what it derives (the checked
+    whole numbers, the resumed run's learning rate, the data's fingerprint) goes into copies and a `Run`."""
+
     model: str = "lenet5"  # a name in models.MODELS
     data: str = "digits"  # a name in data.DATASETS
     data_dir: Optional[str] = None  # folder of the MNIST/CIFAR-10 files
-    epochs: int = 20  # the bundled digits reach ~98-99% test accuracy by then
+    epochs: int = 20  # the bundled digits' test accuracy levels off by then (docs/benchmarks.md#digits-epochs)
     batch_size: int = 32  # 44 full steps per epoch on the 1,438 training digits
     optimizer: str = "adam"
     lr: Optional[float] = None  # peak learning rate; None: DEFAULT_LR of the optimizer
@@ -95,7 +91,8 @@ class TrainConfig:
     data_fingerprint: Optional[str] = None  # filled in by fit: a hash of the data set, checked on resume
     progress: bool = True  # tqdm progress bars, on a terminal only (piped logs get the epoch lines alone)
 
-    def validate(self):
+    def validate(self) -> "TrainConfig":
+        """Check every setting; return a copy with the whole numbers as Python ints (this config is left as it is)."""
         if self.model not in models.MODELS:
             raise ValueError(f"train: unknown `model` {self.model!r}. It needs to be one of {sorted(models.MODELS)}.")
         if self.data not in data.DATASETS:
@@ -109,18 +106,17 @@ class TrainConfig:
             raise ValueError(f"train: unknown `dtype` {self.dtype!r}. It needs to be one of {list(DTYPES)}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"train: unknown `schedule` {self.schedule!r}. It needs to be one of {list(SCHEDULES)}.")
-        for name, minimum in (("shift", 0), ("epochs", 1), ("batch_size", 1), ("ensemble", 1), ("seed", None),
-                              ("checkpoint_every", 0)):
-            setattr(self, name, integer(getattr(self, name), name, "train", minimum=minimum))
-        for name in ("limit", "devices"):
-            if getattr(self, name) is not None:
-                setattr(self, name, integer(getattr(self, name), name, "train", minimum=1))
+        whole = {name: integer(getattr(self, name), name, "train", minimum=minimum)
+                 for name, minimum in (("shift", 0), ("epochs", 1), ("batch_size", 1), ("ensemble", 1), ("seed", None),
+                                       ("checkpoint_every", 0))}
+        whole.update({name: integer(getattr(self, name), name, "train", minimum=1)
+                      for name in ("limit", "devices") if getattr(self, name) is not None})
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"train: `lr` must be > 0, got {self.lr}.")
         if self.resume and self.overwrite:
             raise ValueError("train: `resume` and `overwrite` exclude each other; pass --resume to continue the run "
                              "in --out, or --overwrite to replace it.")
-        return self
+        return dataclasses.replace(self, **whole)
 
     @property
     def learning_rate(self) -> float:
@@ -137,14 +133,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, step: int, checkpoint_step: Optional[int]):
         super().__init__(message)
         self.step, self.checkpoint_step = step, checkpoint_step
-
-
-class RunDirectoryError(ValueError):
-    """`out` cannot hold this run: a file, not writable, another run's files, or locked by a running process."""
-
-
-class WriteError(OSError):
-    """Writing the run's files failed (e.g. a full disk); the last checkpoint written whole is kept."""
 
 
 def load_data(config: TrainConfig) -> data.Dataset:
@@ -173,6 +161,12 @@ def fingerprint(ds: data.Dataset) -> str:
     return h.hexdigest()
 
 
+def in_channels_kwargs(model: str, in_channels: int) -> dict:
+    """{"in_channels": in_channels} for a model of `models.MODELS` built for any number of input channels,
+    {} for one that takes RGB only (seed_cnn): the keyword arguments that build it for `in_channels`."""
+    return {"in_channels": in_channels} if "in_channels" in inspect.signature(models.MODELS[model]).parameters else {}
+
+
 def build_model(config: TrainConfig, in_channels: int, num_classes: int = 10):
     """`models.MODELS[config.model]` for inputs with `in_channels` channels and `num_classes` classes.
 
@@ -185,9 +179,7 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int = 10):
         kwargs["algorithm"] = config.algorithm
     if config.dtype != "float32":  # float32: the model as it always was
         kwargs["compute_dtype"] = config.dtype
-    if "in_channels" in inspect.signature(constructor).parameters:
-        kwargs["in_channels"] = in_channels
-    return constructor(**kwargs)
+    return constructor(**kwargs, **in_channels_kwargs(config.model, in_channels))
 
 
 TRAIN_MODE_KINDS = ("bn", "dropout")  # layers that behave differently in train and eval mode
@@ -207,9 +199,9 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int, schedule_epochs=N
     Wrapped in `optax.flatten`: the update runs once over all parameters raveled
     into one vector, and its state (Adam's mu and nu, momentum's trace) holds one
     flat vector each, in `jax.flatten_util.ravel_pytree(params)` order (its second
-    result unravels them). Per parameter, XLA compiled three small loops for every
-    leaf: LeNet-5's step compiled in 1.28-1.40 s, flattened in 1.00-1.03 s, and ran
-    0.97x the time at batch 32 (the same at 128; ResNet-20 compiled and ran as before).
+    result unravels them). Per parameter, XLA would compile three small loops for
+    every leaf; flattened, the step compiles in less time and runs no slower
+    (docs/benchmarks.md#flat-optimizer).
     """
     lr = config.learning_rate
     if config.schedule == "cosine":
@@ -227,209 +219,54 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int, schedule_epochs=N
 OPTIMIZER_HELP = {"sgd": "plain SGD", "momentum": "SGD with momentum 0.9", "adam": "Adam"}
 
 
-def _init(model, optimizer, key, input_shape, ensemble, stateful=False):
-    """Params, optimizer state and model state (None for models without train mode).
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What `fit` derives from its config before building anything; made once, never changed."""
 
-    For an ensemble, K of each stacked on a leading axis (the K states start equal).
-    """
-    keys = [key] if ensemble == 1 else jax.random.split(key, ensemble)  # (one split: two programs to compile)
-    params = [model.init(k, input_shape)[1] for k in keys]
-    params = params[0] if ensemble == 1 else stack_params(params)
-    init = optimizer.init if ensemble == 1 else jax.vmap(optimizer.init)
-    opt_state = jax.jit(init)(params)  # one compiled program, not one per parameter leaf and op (0.4 s at start-up)
-    state = None
-    if stateful:
-        state = model.init_state(input_shape)[1]  # BatchNorm: running mean 0, var 1
-        state = state if ensemble == 1 else stack_params([state] * ensemble)
-    return params, opt_state, state
+    config: TrainConfig  # validated, with `lr` (the checkpoint's on resume) and `data_fingerprint` filled in
+    primary: bool  # process 0, which logs and writes the files
+    header: Optional[dict]  # the checkpoint's header when resuming, else None
+    mesh: Any  # the data-parallel mesh, or None on one device
+    ds: data.Dataset  # as the model takes it (grey images tiled to RGB for seed_cnn)
+    steps_per_epoch: int  # full batches only: one compiled shape
+    dropped: int  # images left out of each epoch, a different few each time
 
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.config.out, "checkpoint.npz")
 
-@jax.jit
-def _run_keys(seed):
-    """The run's keys from its seed, in one compiled program (eagerly, each key op compiles its own: ~0.3 s).
-
-    Returns (root, init, dropout); step s draws its dropout masks from fold_in(dropout, s), so a resumed
-    run draws what the uninterrupted one did. The data's shuffle and shifts come from the seed through
-    NumPy (`data.epoch_draws`).
-    """
-    root = jax.random.key(seed)
-    return root, jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.config.out, "metrics.jsonl")
 
 
-_fold_in = jax.jit(jax.random.fold_in)  # a sharded step's dropout key: one compiled call, not eager dispatch (~0.9 ms)
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """The model and what trains it: the compiled steps, the run's keys and its config record."""
+
+    model: Any
+    stateful: bool  # BatchNorm / Dropout: state= and key= into every step, eval mode to evaluate
+    step: Any  # steps.make_step's loop step
+    eval_step: Any  # train.make_eval_step's
+    root: Any  # the run's root key, saved in every checkpoint
+    dropout_key: Any  # step s draws its dropout masks from fold_in(dropout_key, s)
+    record: dict  # config.json: the config, its learning rate, data fingerprint and schedule_epochs
+    extension: str  # the log line's note on extending a finished run ("" otherwise)
 
 
-def _loop_step(raw_step, batch_size: int, max_shift: int, stateful: bool):
-    """The loop's compiled step: cut batch k from the device-resident training set and train on it, in one program.
+@dataclasses.dataclass
+class Progress:
+    """The training state that the loop advances: the weights, the step count and the metrics history."""
 
-    `raw_step` is `make_train_step(..., jit=False)`; params and opt_state are donated as there.
-    run(params, opt_state, x_all, y_all, order, shifts, k) -> (params, opt_state, metrics), and with
-    `stateful`, run(..., k, state, dropout_key, step) -> (..., state), the step's dropout key
-    fold_in(dropout_key, step). One program and one dispatch per step where there were three (the
-    batch cut, the step's key, the step): with the host's draws (`data.epoch_draws`), LeNet-5's 44
-    steps of 32 took 87 ms an epoch instead of 100, and a first run compiled ~0.8 s less.
-    """
+    params: Any
+    opt_state: Any
+    state: Any  # the model's state (BatchNorm's running statistics), or None
+    step: int
+    history: list
 
-    def run(params, opt_state, x_all, y_all, order, shifts, k, state=None, dropout_key=None, step=None):
-        x, y = data.cut_batch(x_all, y_all, order, shifts, k, batch_size, max_shift)
-        if not stateful:
-            return raw_step(params, opt_state, x, y)
-        return raw_step(params, opt_state, x, y, state, jax.random.fold_in(dropout_key, step))
-
-    return compiling.jit(run, donate_argnums=(0, 1))
-
-
-def _sharded_loop_step(sharded_step, mesh, batch_size: int, max_shift: int, stateful: bool):
-    """`_loop_step`'s call, for a batch split over `mesh`: the whole global batch is cut (one compiled
-    program), then each process's rows are sharded and `sharded_step` (make_parallel_train_step) runs."""
-    cut = jax.jit(functools.partial(data.cut_batch, batch_size=batch_size, max_shift=max_shift))
-
-    def run(params, opt_state, x_all, y_all, order, shifts, k, state=None, dropout_key=None, step=None):
-        x, y = parallel.shard_batch(mesh, *parallel.take_process_rows(mesh, *cut(x_all, y_all, order, shifts, k)))
-        if not stateful:
-            return sharded_step(params, opt_state, x, y)
-        return sharded_step(params, opt_state, x, y, state, _fold_in(dropout_key, step))
-
-    return run
-
-
-def _member(tree, k):
-    """Member k of a tree stacked on a leading axis (None stays None)."""
-    return None if tree is None else jax.tree_util.tree_map(lambda leaf: leaf[k], tree)
-
-
-def _evaluate_ensemble(apply, params, x, y, batch_size, state=None, eval_step=None):
-    """Accuracy of each of K stacked models, and of the ensemble (mean of their probabilities)."""
-    probs = []
-    for k in range(jax.tree_util.tree_leaves(params)[0].shape[0]):
-        member = _member(params, k)
-        logits = evaluate(apply, member, x, y, batch_size, state=_member(state, k), eval_step=eval_step)["logits"]
-        probs.append(jax.nn.softmax(logits))
-    probs = np.stack(probs)  # (K, m, classes)
-    each = (probs.argmax(-1) == y).mean(axis=1)  # (K,)
-    return each, float((probs.mean(0).argmax(-1) == y).mean())
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write text to path atomically (`checkpoint.write_atomic`): a reader sees the old or the new file."""
-    checkpoint.write_atomic(path, lambda f: f.write(text), mode="w")
-
-
-def _write_metrics(path: str, history: list) -> None:
-    """metrics.jsonl: one JSON line per epoch, rewritten whole from the history the checkpoint holds."""
-    _write_atomic(path, "".join(json.dumps(h) + "\n" for h in history))
-
-
-def _open_run_directory(out: str):
-    """Create `out` if needed and take its lock; returns the open lock file (close it to release)."""
-    if os.path.isfile(out):
-        raise RunDirectoryError(f"train: `--out` {out!r} is a file, not a directory; pick another --out.")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except (NotADirectoryError, FileExistsError):
-        raise RunDirectoryError(
-            f"train: `--out` {out!r} cannot be created because a part of its path is a file; pick another --out."
-        ) from None
-    except OSError as e:
-        raise RunDirectoryError(f"train: `--out` {out!r} cannot be created ({e.strerror}); pick another --out.") from None
-    lock_path = os.path.join(out, ".lock")
-    try:
-        lock = open(lock_path, "a+")
-    except OSError as e:
-        raise RunDirectoryError(
-            f"train: `--out` {out!r} is not writable ({e.strerror}); pick a directory you can write to."
-        ) from None
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks
-        return lock
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
-        raise RunDirectoryError(
-            f"train: another run (process {holder}) is writing to `--out` {out!r}; wait for it to finish, "
-            f"or pick another --out."
-        ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))
-    lock.flush()
-    return lock  # the kernel drops the lock when the process ends, killed or not: no stale locks
-
-
-def _start_fresh(out: str, overwrite: bool) -> None:
-    """Refuse to mix a new run with another run's files in `out`, or remove them when overwrite=True."""
-    present = [n for n in RUN_FILES if os.path.exists(os.path.join(out, n))]
-    if not present:
-        return
-    # Without checkpoint.npz and metrics.jsonl (written only after it), the run was stopped before its first
-    # checkpoint: there is nothing to resume or lose, so a new run replaces its config.json.
-    started = any(n in present for n in ("checkpoint.npz", "metrics.jsonl"))
-    if started and not overwrite:
-        raise RunDirectoryError(
-            f"train: `--out` {out!r} already holds a run ({', '.join(present)}); continue it with --resume, "
-            f"replace it with --overwrite, or pick another --out."
-        )
-    for name in present:
-        os.unlink(os.path.join(out, name))
-
-
-def _resume_plan(config: TrainConfig, header: dict, steps_per_epoch: int, ckpt_path: str):
-    """(schedule_epochs, log line) for resuming from a checkpoint header; refuses data and epoch mismatches."""
-    stored = header.get("config") or {}
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k in RESUME_KEYS and k != "data_fingerprint"}
-    checkpoint._check_config(stored, {**settings, "lr": config.learning_rate}, ckpt_path, "train")
-    if "data_fingerprint" in stored and stored["data_fingerprint"] != config.data_fingerprint:
-        raise ValueError(
-            f"train: the checkpoint `{ckpt_path}` was trained on other data (--data {stored.get('data')} from "
-            f"{stored.get('data_dir')!r}, fingerprint {stored['data_fingerprint']}) than this run's --data "
-            f"{config.data} from {config.data_dir!r} (fingerprint {config.data_fingerprint}); resume with the same "
-            f"data, or start a new run in another --out."
-        )
-    before = stored.get("epochs", config.epochs)
-    cycles = list(stored.get("schedule_epochs") or [before])
-    finished = header["step"] >= before * steps_per_epoch
-    if config.epochs == before:
-        return cycles, ""
-    if config.epochs > before and finished:
-        return cycles + [config.epochs], (
-            f"extending the finished {before}-epoch run to {config.epochs} epochs"
-            + (f" (a new cosine cycle from lr {config.learning_rate} over the added epochs)" if config.schedule == "cosine" else "")
-        )
-    if config.epochs > before:
-        raise ValueError(
-            f"train: the run in `{config.out}` has not finished its {before} epochs (checkpoint at step "
-            f"{header['step']} of {before * steps_per_epoch}); resume it with --epochs {before} first, then extend it "
-            f"with a larger --epochs."
-        )
-    raise ValueError(
-        f"train: `--epochs` {config.epochs} is fewer than the {before} epochs of the run in `{config.out}`; resume with "
-        f"--epochs {before}, or more to extend a finished run."
-    )
-
-
-def _history_of(state: dict, metrics_path: str, step: int) -> list:
-    """The metrics history a checkpoint carries (or, for checkpoints without one, metrics.jsonl's lines up to step)."""
-    metadata = state.get("metadata") or {}
-    if "history" in metadata:
-        return list(metadata["history"])
-    if not os.path.exists(metrics_path):
-        return []
-    with open(metrics_path) as f:
-        lines = [line for line in f if line.strip()]
-    history = []
-    for i, line in enumerate(lines, 1):
-        try:
-            history.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"train: `{metrics_path}` is damaged at line {i} ({e}); delete it to resume without the earlier "
-                f"epochs' metrics lines (the checkpoint itself is fine)."
-            ) from None
-    return [h for h in history if h.get("step", 0) <= step]
+    @property
+    def weights(self) -> tuple:
+        return self.params, self.opt_state, self.state
 
 
 def fit(config: TrainConfig, log=print) -> dict:
@@ -437,218 +274,201 @@ def fit(config: TrainConfig, log=print) -> dict:
 
     With several devices (or processes joined by `parallel.initialize_distributed`,
     which must run first) each batch is split over a data-parallel mesh; only
-    process 0 logs and writes files.
+    process 0 logs and writes files. `config` itself is not changed.
 
     Raises RunDirectoryError (a ValueError) when `config.out` cannot hold the
     run, Interrupted (a KeyboardInterrupt) on Ctrl-C, NonFiniteLoss on a NaN or
     Inf loss, WriteError (an OSError) when the files cannot be written.
     """
-    config.validate()
+    config = config.validate()
     primary = parallel.is_primary()
-    lock = _open_run_directory(config.out) if primary else None
+    lock = rundir.open_run_directory(config.out) if primary else None
     try:
-        return _fit(config, log, primary)
+        return _fit(config, log if primary else _quiet, primary)
     finally:
         if lock is not None:
             lock.close()
 
 
+def _quiet(*args, **kwargs) -> None:
+    """The log of processes other than 0: one process speaks for all."""
+
+
 def _fit(config: TrainConfig, log, primary: bool) -> dict:
-    if not primary:
-        log = lambda *a, **k: None  # noqa: E731  (one process speaks for all)
-    ckpt_path = os.path.join(config.out, "checkpoint.npz")
-    metrics_path = os.path.join(config.out, "metrics.jsonl")
-    header = None
-    if config.resume:
-        if not os.path.exists(ckpt_path):
-            raise FileNotFoundError(f"train: --resume found no checkpoint at {ckpt_path}; run without --resume first.")
-        header = checkpoint.read_header(ckpt_path)
-        if config.lr is None:  # resume at the recorded rate, whatever the optimizer's default
-            config.lr = (header.get("config") or {}).get("lr")
+    run = _prepare(config, primary)
+    trainer, weights = _build(run)
+    progress = _start(run, trainer, weights, log)
+    log(report.start_line(run.config, run.ds, run.steps_per_epoch, run.dropped, run.mesh))
+    tqdm = report.tqdm_class() if run.config.progress else None
+    if primary:  # matplotlib's import for the plot at the end, done while the steps compile and run
+        threading.Thread(target=report.pyplot, daemon=True).start()
+    start_time = time.perf_counter()
+    _train(run, trainer, progress, log, tqdm)
+    result = report.summary(progress.history, run.config.out, time.perf_counter() - start_time)
+    plot_path = report.plot(progress.history, run.config.out) if primary else None
+    if plot_path:
+        result["files"]["plot"] = os.path.basename(plot_path)
+    return result
+
+
+def _prepare(config: TrainConfig, primary: bool) -> Run:
+    """The run's checkpoint header (on resume), mesh, data and batches; refuses what cannot run."""
+    header = resume.read_header(config)
+    if header is not None and config.lr is None:  # resume at the recorded rate, whatever the optimizer's default
+        config = dataclasses.replace(config, lr=resume.recorded_lr(header))
     n_devices = config.devices or jax.device_count()
     mesh = parallel.data_mesh(n_devices) if n_devices > 1 or jax.process_count() > 1 else None
     if mesh is not None:
         parallel.check_batch_size(config.batch_size, mesh)
     ds = load_data(config)
-    config.data_fingerprint = fingerprint(ds)  # of the data as loaded, before the model's channel tiling
+    config = dataclasses.replace(config, data_fingerprint=fingerprint(ds))  # the data as loaded, before any tiling
     ds = _channels_for(config, ds)
     m = len(ds.x_train)
     if config.batch_size > m:
         raise ValueError(f"train: `batch_size` ({config.batch_size}) is larger than the {m} training images; use a smaller one.")
-    steps_per_epoch = m // config.batch_size  # full batches: one compiled shape
-    dropped = m - steps_per_epoch * config.batch_size
-    model = build_model(config, ds.x_train.shape[3])
-    stateful = uses_train_mode(model)  # BatchNorm / Dropout: state= and key= into every step, eval mode to evaluate
-    input_shape = (-1, *ds.x_train.shape[1:])
-    root, init_key, dropout_key = _run_keys(config.seed)
-    config_dict = {**dataclasses.asdict(config), "lr": config.learning_rate, "data_fingerprint": config.data_fingerprint}
-    cycles, extension = ([config.epochs], "") if header is None else _resume_plan(config, header, steps_per_epoch, ckpt_path)
-    config_dict["schedule_epochs"] = cycles
-    optimizer = build_optimizer(config, steps_per_epoch, cycles)
+    steps_per_epoch = m // config.batch_size
+    return Run(config, primary, header, mesh, ds, steps_per_epoch, m - steps_per_epoch * config.batch_size)
 
-    params, opt_state, state = _init(model, optimizer, init_key, input_shape, config.ensemble, stateful)
-    if mesh is None:
-        step_fn = _loop_step(make_train_step(model.apply, optimizer, ensemble=config.ensemble > 1, jit=False),
-                             config.batch_size, config.shift, stateful)
-    else:
-        step_fn = _sharded_loop_step(parallel.make_parallel_train_step(
-            model.apply, optimizer, mesh=mesh, ensemble=config.ensemble > 1, stateful=stateful),
-            mesh, config.batch_size, config.shift, stateful)
-    eval_step = make_eval_step(model.apply)
+
+def _build(run: Run):
+    """(Trainer, first weights): the model, the schedule (a resume's plan), the optimizer and the compiled steps."""
+    config = run.config
+    model = build_model(config, run.ds.x_train.shape[3])
+    stateful = uses_train_mode(model)
+    root, init_key, dropout_key = steps.run_keys(config.seed)
+    record = {**dataclasses.asdict(config), "lr": config.learning_rate, "data_fingerprint": config.data_fingerprint}
+    cycles, extension = ([config.epochs], "") if run.header is None else resume.plan(
+        config, run.header, run.steps_per_epoch, run.ckpt_path)
+    record["schedule_epochs"] = cycles
+    optimizer = build_optimizer(config, run.steps_per_epoch, cycles)
+    weights = steps.init(model, optimizer, init_key, (-1, *run.ds.x_train.shape[1:]), config.ensemble, stateful)
+    step = steps.make_step(model, optimizer, run.mesh, batch_size=config.batch_size, max_shift=config.shift,
+                           ensemble=config.ensemble, stateful=stateful)
+    trainer = Trainer(model, stateful, step, make_eval_step(model.apply), root, dropout_key, record, extension)
+    _check_labels(run, model, weights)
+    return trainer, weights
+
+
+def _check_labels(run: Run, model, weights) -> None:
+    """Refuse labels the model cannot learn, against the width of its logits (found from shapes alone)."""
+    config, ds = run.config, run.ds
+    params, _, state = weights
 
     def first_logits(p, s):  # eval mode, one example, member 0 of an ensemble
         if config.ensemble > 1:
-            p, s = _member(p, 0), _member(s, 0)
+            p, s = report.member(p, 0), report.member(s, 0)
         x = jnp.zeros((1, *ds.x_train.shape[1:]), ds.x_train.dtype)
         return model.apply(p, x) if s is None else model.apply(p, x, state=s)[0]
 
-    logits_shape = jax.eval_shape(first_logits, params, state).shape
+    classes = jax.eval_shape(first_logits, params, state).shape[-1]
     for split, y in (("training", ds.y_train), ("test", ds.y_test)):
-        check_labels(y, logits_shape[-1], "train", name=f"{split} labels of --data {config.data}",
-                     fix=f"the data set has labels the {logits_shape[-1]}-class model cannot learn; fix the files")
+        check_labels(y, classes, "train", name=f"{split} labels of --data {config.data}",
+                     fix=f"the data set has labels the {classes}-class model cannot learn; fix the files")
 
-    if header is None and primary:  # after every argument check: a mistyped option leaves the directory alone
-        _start_fresh(config.out, config.overwrite)
-        checkpoint.remove_temporaries(ckpt_path)  # a save killed before the first checkpoint; we hold the lock
-        checkpoint.remove_temporaries(metrics_path)
-    resume_keys = {k: config_dict[k] for k in RESUME_KEYS}
-    step = 0
-    history = []
-    if header is not None:
-        removed = checkpoint.remove_temporaries(ckpt_path) + checkpoint.remove_temporaries(metrics_path) if primary else []
-        loaded = checkpoint.load_checkpoint(ckpt_path, params_like=params, opt_state_like=opt_state, config=resume_keys,
-                                            state_like=state)
-        params, opt_state, step = loaded["params"], loaded["opt_state"], int(loaded["step"])
-        state = loaded.get("state") if stateful else None
-        history = _history_of(loaded, metrics_path, step)
-        if primary:
-            _write_metrics(metrics_path, history)  # rebuilt from the checkpoint: one line per epoch it has seen
-        log(f"resumed from {ckpt_path} at step {step} (epoch {step // steps_per_epoch + 1})"
+
+def _start(run: Run, trainer: Trainer, weights: tuple, log) -> Progress:
+    """A fresh run (another run's files refused or replaced) or the resumed one; config.json written.
+
+    Runs after every argument check: a mistyped option leaves the directory alone.
+    """
+    config = run.config
+    params, opt_state, state = weights
+    step, history = 0, []
+    if run.header is None and run.primary:
+        rundir.start_fresh(config.out, config.overwrite)
+        resume.remove_temporaries(run.ckpt_path, run.metrics_path)  # a save killed before the first checkpoint
+    if run.header is not None:
+        removed = resume.remove_temporaries(run.ckpt_path, run.metrics_path) if run.primary else []
+        params, opt_state, state, step, history = resume.load(
+            run.ckpt_path, run.metrics_path, weights, resume.resume_keys(trainer.record), trainer.stateful)
+        if run.primary:
+            rundir.write_metrics(run.metrics_path, history)  # rebuilt from the checkpoint: one line per epoch it has seen
+        log(f"resumed from {run.ckpt_path} at step {step} (epoch {step // run.steps_per_epoch + 1})"
             + (f"; removed {len(removed)} temporary file(s) of a killed save" if removed else "")
-            + (f"; {extension}" if extension else ""))
-    if mesh is not None:
-        params, opt_state, state = parallel.replicate(mesh, (params, opt_state, state))
-    if primary:
-        _write_atomic(os.path.join(config.out, "config.json"), json.dumps(config_dict, indent=2))
+            + (f"; {trainer.extension}" if trainer.extension else ""))
+    if run.mesh is not None:
+        params, opt_state, state = parallel.replicate(run.mesh, (params, opt_state, state))
+    if run.primary:
+        rundir.write_text(os.path.join(config.out, "config.json"), json.dumps(trainer.record, indent=2))
+    return Progress(params, opt_state, state, step, history)
 
-    def save(step):
-        host_params, host_opt_state, host_state = parallel.to_host((params, opt_state, state))  # every process takes part
-        if primary:
-            checkpoint.save_checkpoint(
-                ckpt_path, params=host_params, opt_state=host_opt_state, step=step, key=root,
-                config={**resume_keys, "epochs": config.epochs, "schedule_epochs": cycles, "data_dir": config.data_dir},
-                metadata={"history": history}, state=host_state,
-            )
 
-    def kept() -> str:
-        if not os.path.exists(ckpt_path):
-            return "no checkpoint was written yet"
-        return f"the last good checkpoint (step {checkpoint.read_header(ckpt_path)['step']}) is kept at {ckpt_path}"
-
-    log(
-        f"training {config.model} ({config.impl} conv{'' if config.dtype == 'float32' else ', ' + config.dtype + ' compute'}) on {config.data}: {m} train / {len(ds.x_test)} test images "
-        f"{ds.x_train.shape[1:]}, {steps_per_epoch} steps of {config.batch_size} per epoch"
-        + (f" ({dropped} images left out of each epoch, a different {dropped} each time)" if dropped else "")
-        + f", {config.optimizer} lr={config.learning_rate} ({config.schedule}), shifts up to {config.shift} px"
-        + f", backend {jax.default_backend()}"
-        + (f", data-parallel over {mesh.size} devices in {jax.process_count()} process(es)" if mesh is not None else "")
-    )
-    if config.progress:
-        from tqdm.auto import tqdm
-    if primary:  # matplotlib's import (0.4 s) for the plot at the end, done while the steps compile and run
-        threading.Thread(target=_pyplot, daemon=True).start()
-    start_time = time.perf_counter()
-    first_epoch = step // steps_per_epoch
+def _train(run: Run, trainer: Trainer, progress: Progress, log, tqdm) -> None:
+    """The epochs left to run; Ctrl-C and a full disk become one-line errors that say what is kept."""
     # The training set lives on the device: each step's batch is cut from it and shifted there, by the
     # epoch's host-side draws (data.epoch_draws, data.cut_batch), so the host never waits for a step to finish.
-    x_all, y_all = jax.device_put(ds.x_train), jax.device_put(ds.y_train)
+    training_set = jax.device_put(run.ds.x_train), jax.device_put(run.ds.y_train)
     try:
-        for epoch in range(first_epoch, config.epochs):
-            epoch_start = time.perf_counter()
-            start_step = step - epoch * steps_per_epoch
-            order, shifts = jax.device_put(data.epoch_draws(config.seed, epoch, m, config.batch_size, config.shift))
-            # disable=None: bars on a terminal only; piped logs get the epoch lines alone.
-            bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       unit="step", leave=False, disable=None, file=sys.stderr) if config.progress and primary else None
-            if bar is not None and bar.disable:
-                bar = None
-            losses = []
-            for k in range(start_step, steps_per_epoch):
-                # batch k is cut on the device, without waiting for the last step
-                if stateful:  # train mode: batch statistics, running ones updated; dropout masks from the step's key
-                    params, opt_state, metrics, state = step_fn(params, opt_state, x_all, y_all, order, shifts, k,
-                                                                state, dropout_key, step)
-                else:
-                    params, opt_state, metrics = step_fn(params, opt_state, x_all, y_all, order, shifts, k)
-                losses.append(metrics["loss"])
-                step += 1
-                if bar is not None and (step % 5 == 0 or step % steps_per_epoch == 0):
-                    loss_now = float(jnp.mean(metrics["loss"]))
-                    rate = len(losses) * config.batch_size / (time.perf_counter() - epoch_start)
-                    bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:,.0f}")
-                if bar is not None:
-                    bar.update(1)
-                # The epoch's last step is saved below, with its metrics line.
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and step % steps_per_epoch:
-                    _check_finite(losses, step, epoch, steps_per_epoch, kept)
-                    save(step)
-            if bar is not None:
-                bar.close()
-            train_loss = _check_finite(losses, step, epoch, steps_per_epoch, kept)  # waits for the epoch's last step
-            train_time = time.perf_counter() - epoch_start
-            record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_time_s": train_time,
-                      "images_per_s": len(losses) * config.batch_size / train_time}
-            if config.ensemble == 1:
-                # eval mode: BatchNorm's running statistics, no dropout
-                train_eval = evaluate(model.apply, params, ds.x_train, ds.y_train, 256, eval_step=eval_step, state=state)
-                test_eval = evaluate(model.apply, params, ds.x_test, ds.y_test, 256, eval_step=eval_step, state=state)
-                record.update(train_accuracy=train_eval["accuracy"], test_loss=test_eval["loss"],
-                              test_accuracy=test_eval["accuracy"])
-            else:
-                train_each, train_ens = _evaluate_ensemble(model.apply, params, ds.x_train, ds.y_train, 256, state, eval_step)
-                test_each, test_ens = _evaluate_ensemble(model.apply, params, ds.x_test, ds.y_test, 256, state, eval_step)
-                record.update(train_accuracy=train_ens, test_accuracy=test_ens,
-                              test_accuracy_each=[float(a) for a in test_each],
-                              train_accuracy_each=[float(a) for a in train_each])
-            record["time_s"] = time.perf_counter() - epoch_start  # training and evaluation
-            history.append(record)
-            save(step)  # the checkpoint carries the history: the epoch's line and its weights are saved together
-            if primary:
-                _write_metrics(metrics_path, history)  # a copy for readers; rebuilt from the checkpoint on resume
-            log(
-                f"epoch {epoch + 1:3d}/{config.epochs}  train loss {train_loss:.4f}  "
-                f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
-                f"({record['time_s']:.1f} s, {record['images_per_s']:,.0f} images/s)"
-                + (f"  members {' '.join(f'{a:.4f}' for a in record['test_accuracy_each'])}" if config.ensemble > 1 else "")
-            )
+        for epoch in range(progress.step // run.steps_per_epoch, run.config.epochs):
+            _run_epoch(run, trainer, progress, epoch, training_set, log, tqdm)
     except KeyboardInterrupt:
-        saved = checkpoint.read_header(ckpt_path)["step"] if os.path.exists(ckpt_path) else None
-        where = (f"checkpoint kept at {ckpt_path} (step {saved}); resume with --resume" if saved is not None
-                 else "no checkpoint was written yet; start the run again")
-        raise Interrupted(f"interrupted at step {step}; {where}", step, saved) from None
+        message, saved = resume.interrupted(run.ckpt_path, progress.step)
+        raise Interrupted(message, progress.step, saved) from None
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+        if e.errno not in rundir.WRITE_ERRNOS:
             raise
-        error = WriteError(f"train: cannot write to `{config.out}` ({e.strerror}); free some space or pick another "
-                           f"--out; {kept()}.")
-        error.errno = e.errno
-        raise error from None
-    elapsed = time.perf_counter() - start_time
-    # Training throughput without the first epoch, which includes compilation.
-    speeds = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
-    result = {
-        "best_test_accuracy": max((h["test_accuracy"] for h in history), default=float("nan")),
-        "final_test_accuracy": history[-1]["test_accuracy"] if history else float("nan"),
-        "epochs": len(history),
-        "wall_s": elapsed,
-        "images_per_s": float(np.median(speeds)) if speeds else float("nan"),
-        "out": config.out,
-        "files": {"config": "config.json", "metrics": "metrics.jsonl", "checkpoint": "checkpoint.npz"},
-    }
-    plot_path = _plot(history, config.out) if primary else None
-    if plot_path:
-        result["files"]["plot"] = os.path.basename(plot_path)
-    return result
+        raise rundir.write_error(e, run.config.out, resume.kept(run.ckpt_path)) from None
+
+
+def _run_epoch(run: Run, trainer: Trainer, progress: Progress, epoch: int, training_set, log, tqdm) -> None:
+    """Train one epoch (or its rest), evaluate it, save it with its metrics line, and log that line."""
+    config = run.config
+    epoch_start = time.perf_counter()
+    draws = jax.device_put(data.epoch_draws(config.seed, epoch, len(run.ds.x_train), config.batch_size, config.shift))
+    losses = _train_steps(run, trainer, progress, epoch, (*training_set, *draws), epoch_start, tqdm)
+    kept = functools.partial(resume.kept, run.ckpt_path)
+    train_loss = _check_finite(losses, progress.step, epoch, run.steps_per_epoch, kept)  # waits for the last step
+    train_time = time.perf_counter() - epoch_start
+    record = {"epoch": epoch + 1, "step": progress.step, "train_loss": train_loss, "train_time_s": train_time,
+              "images_per_s": len(losses) * config.batch_size / train_time}
+    record.update(report.evaluate_epoch(trainer.model.apply, trainer.eval_step, progress.params, progress.state,
+                                        run.ds, config.ensemble))
+    record["time_s"] = time.perf_counter() - epoch_start  # training and evaluation
+    progress.history.append(record)
+    _save(run, trainer, progress)  # the checkpoint carries the history: the epoch's line and its weights together
+    if run.primary:
+        rundir.write_metrics(run.metrics_path, progress.history)  # a copy for readers; rebuilt on resume
+    log(report.epoch_line(record, config.epochs, config.ensemble))
+
+
+def _train_steps(run: Run, trainer: Trainer, progress: Progress, epoch: int, batches, epoch_start, tqdm) -> list:
+    """The epoch's steps from where the run stands, with a progress bar and the in-epoch checkpoints; its losses.
+
+    batches: (x_all, y_all, order, shifts), on the device: step k cuts its batch k from them.
+    """
+    config, steps_per_epoch = run.config, run.steps_per_epoch
+    start_step = progress.step - epoch * steps_per_epoch
+    bar = report.progress_bar(tqdm, steps_per_epoch, start_step, epoch, config.epochs) if run.primary else None
+    losses = []
+    for k in range(start_step, steps_per_epoch):
+        metrics = _train_step(trainer, progress, batches, k)
+        losses.append(metrics["loss"])
+        progress.step += 1
+        if bar is not None:
+            report.show_step(bar, progress.step, steps_per_epoch, metrics, len(losses) * config.batch_size, epoch_start)
+        # The epoch's last step is saved by _run_epoch, with its metrics line.
+        if config.checkpoint_every and progress.step % config.checkpoint_every == 0 and progress.step % steps_per_epoch:
+            _check_finite(losses, progress.step, epoch, steps_per_epoch, functools.partial(resume.kept, run.ckpt_path))
+            _save(run, trainer, progress)
+    if bar is not None:
+        bar.close()
+    return losses
+
+
+def _train_step(trainer: Trainer, progress: Progress, batches, k: int) -> dict:
+    """Step k of the epoch on the batch it cuts on the device, without waiting for the last step; its metrics."""
+    p = progress
+    if trainer.stateful:  # train mode: batch statistics, running ones updated; dropout masks from the step's key
+        p.params, p.opt_state, metrics, p.state = trainer.step(p.params, p.opt_state, *batches, k, p.state,
+                                                               trainer.dropout_key, p.step)
+    else:
+        p.params, p.opt_state, metrics = trainer.step(p.params, p.opt_state, *batches, k)
+    return metrics
+
+
+def _save(run: Run, trainer: Trainer, progress: Progress) -> None:
+    resume.save(run.ckpt_path, progress.weights, progress.step, trainer.root, resume.checkpoint_config(trainer.record),
+                progress.history, run.primary)
 
 
 def _check_finite(losses, step, epoch, steps_per_epoch, kept=lambda: "the last good checkpoint is kept") -> float:
@@ -666,38 +486,3 @@ def _check_finite(losses, step, epoch, steps_per_epoch, kept=lambda: "the last g
             f"Try a smaller --lr."
         )
     return float(values.mean()) if values.size else float("nan")
-
-
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def _plot(history, out) -> Optional[str]:
-    """curves.png of loss and accuracy per epoch, when matplotlib is installed."""
-    plt = _pyplot()  # imported already by the thread `_fit` starts, unless it is still at it (then this waits)
-    if plt is None or not history:
-        return None
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
-    if "test_loss" in history[0]:
-        ax1.plot(epochs, [h["test_loss"] for h in history], label="test")
-    ax1.set(xlabel="epoch", ylabel="loss J", title="cost")
-    ax1.legend()
-    ax2.plot(epochs, [h["train_accuracy"] for h in history], label="train")
-    ax2.plot(epochs, [h["test_accuracy"] for h in history], label="test")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    ax2.legend()
-    fig.tight_layout()
-    path = os.path.join(out, "curves.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -362,8 +362,8 @@ def make_parallel_train_step(
 
     chunk_size: as in `make_train_step`, counted in examples of the whole
     (global) batch: "auto" accumulates the gradient over chunks of 128 on CPU
-    (64 per device on 2 devices; LeNet-5 at batch 512 on 2 CPU devices:
-    1.07-1.14x over no chunks), never on GPU/TPU. Chunks are strided, so each
+    (64 per device on 2 devices; docs/benchmarks.md#auto-chunk), never on
+    GPU/TPU. Chunks are strided, so each
     holds rows of every device's shard and all devices work on every chunk.
     """
     step = make_train_step(apply, optimizer, loss, ensemble=ensemble, chunk_size=chunk_size, jit=False)

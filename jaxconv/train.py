@@ -20,8 +20,9 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxconv._args import check_labels
+from jaxconv import chunks
 from jaxconv import compile as compiling
+from jaxconv._args import check_labels
 from jaxconv.nn import accuracy, cost, softmax_cross_entropy
 
 
@@ -50,10 +51,12 @@ def make_cost(apply: Callable, loss: Callable = softmax_cross_entropy) -> Callab
     return J
 
 
-# On CPU a LeNet-sized step on 128 images keeps its activations in cache; a batch of
-# 512 in one shot took 6.4x the time of 128 (experiments/benchmark.py), in chunks 4x.
+# On CPU a LeNet-sized step on 128 images keeps its activations in cache; a larger batch in one shot spills
+# out of it, and runs faster as chunks of 128 with the gradient accumulated. Benchmark: docs/benchmarks.md#auto-chunk.
 AUTO_CHUNK_SIZE = 128
-CHUNK_UNROLL = 2  # chunks per iteration of the accumulation loop (lax.scan's unroll)
+# Chunks per iteration of the accumulation loop (lax.scan's unroll): with two, XLA runs one chunk's matmuls beside
+# the other's elementwise work. Benchmark: docs/benchmarks.md#chunk-unroll.
+CHUNK_UNROLL = 2
 
 
 def num_chunks(m: int, chunk_size) -> int:
@@ -67,21 +70,6 @@ def num_chunks(m: int, chunk_size) -> int:
     if not chunk_size or m <= chunk_size or m % chunk_size:
         return 1
     return m // chunk_size
-
-
-def _split(a, n):
-    """(m, ...) -> (n, m/n, ...) with chunk i = rows i, i + n, i + 2n, ...
-
-    Strided, not contiguous: when the batch axis is sharded over devices, every
-    chunk then holds rows of every device's shard and all devices work on every
-    chunk (contiguous chunks would each live on one device).
-    """
-    return a.reshape(-1, n, *a.shape[1:]).swapaxes(0, 1)
-
-
-def _merge(a):
-    """The inverse of `_split`: (n, m/n, ...) -> (m, ...)."""
-    return a.swapaxes(0, 1).reshape(-1, *a.shape[2:])
 
 
 def make_train_step(
@@ -115,7 +103,8 @@ def make_train_step(
         (`lax.scan`), see `num_chunks`. The update is the same — J is the mean
         of the equal-sized chunks' means — only the schedule changes; "auto"
         chunks batches above 128 on CPU, where that is faster. Chunk i holds
-        rows i, i + n, i + 2n, ... (`_split`), so a sharded batch stays spread.
+        rows i, i + n, i + 2n, ... (`jaxconv.chunks.split`), so a sharded batch
+        stays spread.
         With `state` or `key`, "auto" never chunks (BatchNorm's batch statistics
         would become the chunk's); an explicit int chunks, each chunk then one
         BatchNorm batch, the running statistics updated chunk after chunk.
@@ -132,72 +121,10 @@ def make_train_step(
     metrics = {"loss": J, "accuracy": fraction correct}, computed on the batch
     before the update.
     """
-    J = make_cost(apply, loss)
-
-    grad_J = jax.value_and_grad(J, has_aux=True)
-
-    def J_train(params, state, x, y, key):
-        """J in train mode, with the new state beside the logits as aux."""
-        if state is None:
-            logits, new_state = apply(params, x, key=key, train=True), None  # (m, K)
-        else:
-            logits, new_state = apply(params, x, state=state, key=key, train=True)
-        logits = _float32_logits(logits)
-        return cost(loss(logits, y)), (logits, new_state)
-
-    grad_J_train = jax.value_and_grad(J_train, has_aux=True)
-
-    def stateless_step(params, opt_state, x, y):
-        n = num_chunks(x.shape[0], chunk_size)
-        if n == 1:
-            (value, logits), grads = grad_J(params, x, y)
-        else:
-            xs, ys = _split(x, n), _split(y, n)  # (n, m/n, ...)
-
-            def chunk(total, xy):
-                (value, logits), grads = grad_J(params, *xy)
-                return jax.tree_util.tree_map(jnp.add, total, grads), (value, logits)
-
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-            # Two chunks per loop iteration: XLA runs one chunk's matmuls beside the other's
-            # elementwise work (LeNet-5 at batch 512 on 2 CPU cores: 1.05x over one per iteration).
-            grads, (values, logits) = lax.scan(chunk, zeros, (xs, ys), unroll=CHUNK_UNROLL)
-            grads = jax.tree_util.tree_map(lambda g: g / n, grads)
-            value, logits = values.mean(), _merge(logits)  # (m, K), in the batch's order
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": value, "accuracy": accuracy(logits, y)}
-
-    def stateful_step(params, opt_state, x, y, state, key):
-        n = 1 if chunk_size == "auto" else num_chunks(x.shape[0], chunk_size)
-        if n == 1:
-            (value, (logits, state)), grads = grad_J_train(params, state, x, y, key)
-        else:
-            xs, ys = _split(x, n), _split(y, n)  # (n, m/n, ...)
-
-            def chunk(carry, ixy):
-                total, state = carry
-                i, xb, yb = ixy
-                k = None if key is None else jax.random.fold_in(key, i)
-                (value, (logits, state)), grads = grad_J_train(params, state, xb, yb, k)
-                return (jax.tree_util.tree_map(jnp.add, total, grads), state), (value, logits)
-
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-            (grads, state), (values, logits) = lax.scan(chunk, (zeros, state), (jnp.arange(n), xs, ys))
-            grads = jax.tree_util.tree_map(lambda g: g / n, grads)
-            value, logits = values.mean(), _merge(logits)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": value, "accuracy": accuracy(logits, y)}, state
-
+    stateless_step = _stateless_step(apply, optimizer, loss, chunk_size)
+    stateful_step = _stateful_step(apply, optimizer, loss, chunk_size)
     if ensemble:
-        stateless_step = jax.vmap(stateless_step, in_axes=(0, 0, None, None))
-        vmapped = jax.vmap(stateful_step, in_axes=(0, 0, None, None, 0, 0))
-
-        def stateful_step(params, opt_state, x, y, state, key):
-            members = jax.tree_util.tree_leaves(params)[0].shape[0]
-            keys = None if key is None else jax.random.split(key, members)
-            return vmapped(params, opt_state, x, y, state, keys)
+        stateless_step, stateful_step = _over_members(stateless_step, stateful_step)
 
     def step(params, opt_state, x, y, state=None, key=None):
         if state is None and key is None:
@@ -208,18 +135,122 @@ def make_train_step(
     if not jit:
         return step
     compiled = compiling.jit(step, donate_argnums=(0, 1) if donate else ())  # jax.jit, with jaxconv's compiler options
+    return _with_clear_errors(compiled, donate)
 
-    def donated(params, opt_state) -> Optional[str]:
-        """The error message when params or opt_state holds a buffer an earlier call donated, else None."""
-        for name, tree in (("params", params), ("opt_state", opt_state)):
-            if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(tree)):
-                return (
-                    f"train_step: `{name}` holds arrays deleted by an earlier call: make_train_step donates "
-                    f"params and opt_state to the step (donate=True), so use the ones it returns "
-                    f"(params, opt_state, metrics = step(params, opt_state, x, y)), or build the step with "
-                    f"donate=False to keep the inputs."
-                )
-        return None
+
+def _apply_update(optimizer, grads, params, opt_state):
+    """One optimizer update: (params, opt_state) after the step down `grads`."""
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _mean_of_chunks(grads, n):
+    """The gradient of J from the sum of the n equal chunks' gradients: J is the mean of the chunks' means."""
+    return jax.tree_util.tree_map(lambda g: g / n, grads)
+
+
+def _stateless_step(apply, optimizer, loss, chunk_size):
+    """step(params, opt_state, x, y) -> (params, opt_state, metrics): apply(params, x), the gradient accumulated
+    over `num_chunks` strided chunks of the batch when there are several."""
+    grad_J = jax.value_and_grad(make_cost(apply, loss), has_aux=True)
+
+    def step(params, opt_state, x, y):
+        n = num_chunks(x.shape[0], chunk_size)
+        if n == 1:
+            (value, logits), grads = grad_J(params, x, y)
+        else:
+            xs, ys = chunks.split(x, x.shape[0] // n), chunks.split(y, y.shape[0] // n)  # (n, m/n, ...)
+
+            def chunk(total, xy):
+                (value, logits), grads = grad_J(params, *xy)
+                return jax.tree_util.tree_map(jnp.add, total, grads), (value, logits)
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            grads, (values, logits) = lax.scan(chunk, zeros, (xs, ys), unroll=CHUNK_UNROLL)
+            grads = _mean_of_chunks(grads, n)
+            value, logits = values.mean(), chunks.merge(logits)  # (m, K), in the batch's order
+        params, opt_state = _apply_update(optimizer, grads, params, opt_state)
+        return params, opt_state, {"loss": value, "accuracy": accuracy(logits, y)}
+
+    return step
+
+
+def _train_mode_cost(apply, loss):
+    """J(params, state, x, y, key) in train mode, with the new state beside the logits as aux."""
+
+    def J_train(params, state, x, y, key):
+        if state is None:
+            logits, new_state = apply(params, x, key=key, train=True), None  # (m, K)
+        else:
+            logits, new_state = apply(params, x, state=state, key=key, train=True)
+        logits = _float32_logits(logits)
+        return cost(loss(logits, y)), (logits, new_state)
+
+    return J_train
+
+
+def _stateful_step(apply, optimizer, loss, chunk_size):
+    """step(params, opt_state, x, y, state, key) -> (params, opt_state, metrics, state), in train mode.
+
+    "auto" never chunks (BatchNorm's batch statistics would become the chunk's); an explicit chunk size
+    runs chunk after chunk, the state carried from one to the next and chunk i's key fold_in(key, i).
+    """
+    grad_J_train = jax.value_and_grad(_train_mode_cost(apply, loss), has_aux=True)
+
+    def step(params, opt_state, x, y, state, key):
+        n = 1 if chunk_size == "auto" else num_chunks(x.shape[0], chunk_size)
+        if n == 1:
+            (value, (logits, state)), grads = grad_J_train(params, state, x, y, key)
+        else:
+            xs, ys = chunks.split(x, x.shape[0] // n), chunks.split(y, y.shape[0] // n)  # (n, m/n, ...)
+
+            def chunk(carry, ixy):
+                total, state = carry
+                i, xb, yb = ixy
+                k = None if key is None else jax.random.fold_in(key, i)
+                (value, (logits, state)), grads = grad_J_train(params, state, xb, yb, k)
+                return (jax.tree_util.tree_map(jnp.add, total, grads), state), (value, logits)
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            (grads, state), (values, logits) = lax.scan(chunk, (zeros, state), (jnp.arange(n), xs, ys))
+            grads = _mean_of_chunks(grads, n)
+            value, logits = values.mean(), chunks.merge(logits)
+        params, opt_state = _apply_update(optimizer, grads, params, opt_state)
+        return params, opt_state, {"loss": value, "accuracy": accuracy(logits, y)}, state
+
+    return step
+
+
+def _over_members(stateless_step, stateful_step):
+    """Both steps vmapped over an ensemble's K members: params, opt_state and state stacked on a leading
+    axis, x and y shared, and the one key split into K."""
+    stateless = jax.vmap(stateless_step, in_axes=(0, 0, None, None))
+    vmapped = jax.vmap(stateful_step, in_axes=(0, 0, None, None, 0, 0))
+
+    def stateful(params, opt_state, x, y, state, key):
+        members = jax.tree_util.tree_leaves(params)[0].shape[0]
+        keys = None if key is None else jax.random.split(key, members)
+        return vmapped(params, opt_state, x, y, state, keys)
+
+    return stateless, stateful
+
+
+def _donated_message(params, opt_state) -> Optional[str]:
+    """The error message when params or opt_state holds a buffer an earlier call donated, else None."""
+    for name, tree in (("params", params), ("opt_state", opt_state)):
+        if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(tree)):
+            return (
+                f"train_step: `{name}` holds arrays deleted by an earlier call: make_train_step donates "
+                f"params and opt_state to the step (donate=True), so use the ones it returns "
+                f"(params, opt_state, metrics = step(params, opt_state, x, y)), or build the step with "
+                f"donate=False to keep the inputs."
+            )
+    return None
+
+
+def _with_clear_errors(compiled, donate: bool):
+    """The compiled step, with JAX's errors for a donated buffer passed again or another optimizer's state
+    restated in the step's terms. The jitted function's tools (`lower`, `_cache_size`) stay reachable."""
 
     def checked_step(params, opt_state, x, y, state=None, key=None):
         try:
@@ -228,9 +259,9 @@ def make_train_step(
             return compiled(params, opt_state, x, y, state, key)
         except (RuntimeError, ValueError) as e:
             # A donated buffer passed again: JAX refuses it before running anything ("Array has been
-            # deleted"); say which argument and why. Checked here, not before every call: the check
-            # walks every leaf (0.35 ms a step, LeNet-5 with Adam).
-            message = donated(params, opt_state) if donate and "deleted" in str(e) else None
+            # deleted"); say which argument and why. Checked here, after the failure, not before every
+            # call: the check walks every leaf, a cost each step would pay.
+            message = _donated_message(params, opt_state) if donate and "deleted" in str(e) else None
             if message:
                 raise ValueError(message) from None
             raise
@@ -242,7 +273,7 @@ def make_train_step(
                 f"same optimizer the step was made with: opt_state = optimizer.init(params)."
             ) from None
 
-    checked_step.lower = compiled.lower  # the jitted function's tools stay reachable
+    checked_step.lower = compiled.lower
     checked_step._cache_size = compiled._cache_size
     checked_step.__wrapped__ = compiled
     return checked_step
@@ -326,7 +357,8 @@ def per_example_grads(apply: Callable, loss: Callable, params, x, y, *, state=No
     a leading axis m on every leaf; its mean over that axis is the gradient of J.
     Works because every jaxconv op takes one example without the batch axis.
     Compiled once per (apply, loss) and shapes (`jax.jit`; eagerly, every op of
-    the vmapped gradient would be compiled on its own: LeNet-5, 4 examples, 17 s).
+    the vmapped gradient would be compiled on its own, many times slower:
+    docs/benchmarks.md#per-example-jit).
 
     Models with BatchNorm: pass `state`; the gradients are then those of eval mode
     (running statistics), the only mode in which one example's loss depends on that

@@ -39,11 +39,11 @@ import pytest  # noqa: E402  (after the configuration above, which must precede 
 @pytest.fixture
 def interrupt_at_step(monkeypatch):
     """interrupt_at_step(n, message=None): the n-th training step of `fit` raises KeyboardInterrupt (a crash or a
-    Ctrl-C mid-epoch, raised as the loop calls its compiled step, `loop._loop_step`'s). Returns a function that takes
+    Ctrl-C mid-epoch, raised as the loop calls its compiled step, `steps.loop_step`'s). Returns a function that takes
     the fault away."""
-    from jaxconv import loop
+    from jaxconv import steps
 
-    real_loop_step = loop._loop_step
+    real_loop_step = steps.loop_step
 
     def arm(n, message=None):
         calls = []
@@ -59,7 +59,7 @@ def interrupt_at_step(monkeypatch):
 
             return interrupted
 
-        monkeypatch.setattr(loop, "_loop_step", loop_step)
-        return lambda: monkeypatch.setattr(loop, "_loop_step", real_loop_step)
+        monkeypatch.setattr(steps, "loop_step", loop_step)
+        return lambda: monkeypatch.setattr(steps, "loop_step", real_loop_step)
 
     return arm

@@ -30,7 +30,7 @@ ARGS = ["train", "--limit", "96", "--batch-size", "32", "--epochs", "3", "--chec
 _HARNESS = r"""
 import os, signal, sys
 import numpy as np
-from jaxconv import checkpoint, cli, data, loop
+from jaxconv import checkpoint, cli, rundir, steps
 
 where, n, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
 calls = [0]
@@ -55,10 +55,20 @@ def after(module, name):
         return out
     setattr(module, name, hooked)
 
-{"step": lambda: before(data, "take_batch"),
+def every_step():  # before each call of the loop's compiled step (steps.loop_step builds it)
+    real = steps.loop_step
+    def loop_step(*a, **k):
+        run = real(*a, **k)
+        def hooked(*args):
+            hit()
+            return run(*args)
+        return hooked
+    steps.loop_step = loop_step
+
+{"step": every_step,
  "mid_save": lambda: after(checkpoint.np, "savez"),
- "before_metrics": lambda: before(loop, "_write_metrics"),
- "after_metrics": lambda: after(loop, "_write_metrics"),
+ "before_metrics": lambda: before(rundir, "write_metrics"),
+ "after_metrics": lambda: after(rundir, "write_metrics"),
  "none": lambda: None}[where]()
 sys.exit(cli.main(sys.argv[4:]))
 """

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxconv import checkpoint, data, loop
+from jaxconv import checkpoint, data, loop, resume, rundir
 from jaxconv.loop import Interrupted, NonFiniteLoss, RunDirectoryError, TrainConfig, WriteError, fit
 
 QUICK = dict(limit=96, epochs=1, batch_size=32, impl="lax", progress=False)  # 3 steps an epoch, as test_train
@@ -51,7 +51,7 @@ def test_a_new_run_into_a_run_directory_is_refused(run):
 
 
 def test_a_concurrent_run_is_refused_while_the_lock_is_held(run):
-    lock = loop._open_run_directory(run)
+    lock = rundir.open_run_directory(run)
     try:
         with pytest.raises(RunDirectoryError, match=rf"another run \(process {os.getpid()}\) is writing to `--out`"):
             fit(TrainConfig(out=run, resume=True, **QUICK), **QUIET)
@@ -59,7 +59,7 @@ def test_a_concurrent_run_is_refused_while_the_lock_is_held(run):
         lock.close()
     # Released: the lock file stays behind, but a lock nobody holds does not block (no stale locks).
     assert os.path.exists(os.path.join(run, ".lock"))
-    loop._open_run_directory(run).close()
+    rundir.open_run_directory(run).close()
 
 
 def test_bad_out_directories_are_one_line_errors(tmp_path, monkeypatch):
@@ -73,7 +73,7 @@ def test_bad_out_directories_are_one_line_errors(tmp_path, monkeypatch):
     def read_only(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
-    monkeypatch.setattr(loop, "open", read_only, raising=False)  # root ignores chmod: simulate a read-only --out
+    monkeypatch.setattr(rundir, "open", read_only, raising=False)  # root ignores chmod: simulate a read-only --out
     with pytest.raises(RunDirectoryError, match=r"is not writable \(Permission denied\); pick a directory you can write to"):
         fit(TrainConfig(out=str(tmp_path / "ro"), **QUICK), **QUIET)
 
@@ -133,8 +133,8 @@ def test_damaged_metrics_of_an_old_checkpoint_name_the_file_and_the_fix(tmp_path
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "step": 3}\n{"epoch": 2, "step": 6,, \n')
     with pytest.raises(ValueError, match=r"`.*metrics.jsonl` is damaged at line 2 .*delete it to resume"):
-        loop._history_of({}, str(path), 6)
-    assert loop._history_of({"metadata": {"history": [{"epoch": 1}]}}, str(path), 6) == [{"epoch": 1}]
+        resume.history_of({}, str(path), 6)
+    assert resume.history_of({"metadata": {"history": [{"epoch": 1}]}}, str(path), 6) == [{"epoch": 1}]
 
 
 def test_interrupt_and_unfinished_extension(tmp_path, interrupt_at_step):

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import jaxconv as jc
-from jaxconv import checkpoint, data, loop, models
+from jaxconv import checkpoint, data, loop, models, steps
 from jaxconv.train import evaluate, make_cost, make_eval_step, make_train_step, per_example_grads, stack_params
 from jaxconv.loop import NonFiniteLoss, TrainConfig, fit
 
@@ -193,7 +193,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 
 def test_nan_loss_stops_with_step_and_epoch_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
-    real_loop_step, calls = loop._loop_step, []
+    real_loop_step, calls = steps.loop_step, []
 
     def poison_from_step_4(*args):
         run = real_loop_step(*args)
@@ -204,7 +204,7 @@ def test_nan_loss_stops_with_step_and_epoch_and_keeps_the_last_good_checkpoint(t
 
         return poisoned
 
-    monkeypatch.setattr(loop, "_loop_step", poison_from_step_4)
+    monkeypatch.setattr(steps, "loop_step", poison_from_step_4)
     with pytest.raises(NonFiniteLoss, match=r"nan at step 4 \(epoch 2, step 1 of 3\).*last good checkpoint"):
         fit(TrainConfig(out=out, checkpoint_every=1, **QUICK), log=lambda s: None)
     state = checkpoint.load_checkpoint(os.path.join(out, "checkpoint.npz"))

@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
+from jaxconv import chunks
 from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, out_size, pad_input, patch_elements
 from jaxconv.conv import policy
 from jaxconv.conv.shard import same_varying_axes
@@ -51,16 +52,6 @@ def _finite(total):
 @_finite.def_vmap
 def _finite_batched(axis_size, in_batched, total):
     return jnp.all(jnp.isfinite(total)), False  # one answer for the whole batch: the cond stays a cond
-
-
-def _chunks(a, K):
-    """(m, ...) -> (m/K, K, ...), chunk j holding examples j, j + m/K, j + 2m/K, ...: strided, so that with the
-    batch split over devices in contiguous blocks every chunk holds examples of every device and stays put."""
-    return jnp.swapaxes(a.reshape(K, a.shape[0] // K, *a.shape[1:]), 0, 1)
-
-
-def _unchunk(a):
-    return jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:])
 
 
 def _chunk_size(x_shape, w_shape, plan: Plan):
@@ -106,8 +97,8 @@ def exact(x, w, b, plan: Plan):
     that buffer past glibc's mmap threshold, and every step then page-faulted it
     in afresh, which slowed the step. Benchmark: docs/benchmarks.md#guard-chunk
     """
-    z = lax.map(lambda x_c: _im2col(x_c, w, b, plan), _chunks(x, _chunk_size(x.shape, w.shape, plan)))
-    return _unchunk(z)
+    z = lax.map(lambda x_c: _im2col(x_c, w, b, plan), chunks.split(x, _chunk_size(x.shape, w.shape, plan)))
+    return chunks.merge(z)
 
 
 def exact_grads(x, w, dZ, plan: Plan):
@@ -122,8 +113,8 @@ def exact_grads(x, w, dZ, plan: Plan):
 
     K = _chunk_size(x.shape, w.shape, plan)
     zero = same_varying_axes(jnp.zeros(w.shape, acc_dtype(w.dtype)), w)[0]  # under shard_map, typed as varying as w
-    dW, dX = lax.scan(chunk, zero, (_chunks(x, K), _chunks(dZ, K)))
-    return _unchunk(dX), dW.astype(w.dtype)
+    dW, dX = lax.scan(chunk, zero, (chunks.split(x, K), chunks.split(dZ, K)))
+    return chunks.merge(dX), dW.astype(w.dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))

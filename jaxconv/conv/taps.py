@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxconv import chunks
 from jaxconv.conv.geometry import Plan, acc_dtype, bias_grad, crop, out_size, pad_input
 
 
@@ -84,10 +85,6 @@ def _chunk_backward(x, dZ, w, pads, d):
     return dX, dW
 
 
-def _chunks(a, c):
-    return a.reshape(a.shape[0] // c, c, *a.shape[1:])  # (m/c, c, ...)
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def conv(x, w, b, plan: Plan):
     """Taps convolution (stride 1, one group) with its hand-derived backward (`backward`).
@@ -104,8 +101,8 @@ def forward(x, w, b, plan: Plan):
     if c == x.shape[0]:
         z = _chunk_forward(x, w, pads, d)
     else:
-        z = lax.map(lambda x_c: _chunk_forward(x_c, w, pads, d), _chunks(x, c))
-        z = z.reshape(x.shape[0], *z.shape[2:])
+        z = lax.map(lambda x_c: _chunk_forward(x_c, w, pads, d), chunks.split(x, c, strided=False))
+        z = chunks.merge(z, strided=False)
     return z if b is None else z + b
 
 
@@ -126,8 +123,9 @@ def backward(plan: Plan, res, dZ):
         dX_c, dW_c = _chunk_backward(*xz, w, pads, d)
         return dW + dW_c, dX_c
 
-    dW, dX = lax.scan(chunk, jnp.zeros(w.shape, acc_dtype(w.dtype)), (_chunks(x, c), _chunks(dZ, c)))
-    return dX.reshape(x.shape), dW.astype(w.dtype), db
+    xs, dZs = chunks.split(x, c, strided=False), chunks.split(dZ, c, strided=False)  # (m/c, c, ...)
+    dW, dX = lax.scan(chunk, jnp.zeros(w.shape, acc_dtype(w.dtype)), (xs, dZs))
+    return chunks.merge(dX, strided=False), dW.astype(w.dtype), db
 
 
 conv.defvjp(_fwd, backward)

@@ -1,0 +1,108 @@
+"""A training run's directory: one run per directory, a lock against a second process, atomic writes.
+
+A run directory holds one run: a new run into a directory with another run's
+files is refused (`start_fresh`, unless told to overwrite them), and a lock
+(`.lock`, `fcntl.flock`, released by the kernel when the process ends, so a
+killed run leaves no stale lock) refuses a second concurrent run
+(`open_run_directory`). Every file is written atomically (`write_text`): a
+reader sees the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+from jaxconv import checkpoint
+
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "config.json", "curves.png")  # what a run writes to its directory
+# OSError numbers that mean "this directory cannot take the run's files": reported as WriteError, not a traceback.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+class RunDirectoryError(ValueError):
+    """`out` cannot hold this run: a file, not writable, another run's files, or locked by a running process."""
+
+
+class WriteError(OSError):
+    """Writing the run's files failed (e.g. a full disk); the last checkpoint written whole is kept."""
+
+
+def open_run_directory(out: str):
+    """Create `out` if needed and take its lock; returns the open lock file (close it to release)."""
+    if os.path.isfile(out):
+        raise RunDirectoryError(f"train: `--out` {out!r} is a file, not a directory; pick another --out.")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        raise RunDirectoryError(
+            f"train: `--out` {out!r} cannot be created because a part of its path is a file; pick another --out."
+        ) from None
+    except OSError as e:
+        raise RunDirectoryError(f"train: `--out` {out!r} cannot be created ({e.strerror}); pick another --out.") from None
+    try:
+        lock = open(os.path.join(out, ".lock"), "a+")
+    except OSError as e:
+        raise RunDirectoryError(
+            f"train: `--out` {out!r} is not writable ({e.strerror}); pick a directory you can write to."
+        ) from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks
+        return lock
+    return _take_lock(lock, fcntl, out)
+
+
+def _take_lock(lock, fcntl, out: str):
+    """Lock the open lock file for this process and write its pid there; refuse when another process holds it."""
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise RunDirectoryError(
+            f"train: another run (process {holder}) is writing to `--out` {out!r}; wait for it to finish, "
+            f"or pick another --out."
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock  # the kernel drops the lock when the process ends, killed or not: no stale locks
+
+
+def start_fresh(out: str, overwrite: bool) -> None:
+    """Refuse to mix a new run with another run's files in `out`, or remove them when overwrite=True."""
+    present = [n for n in RUN_FILES if os.path.exists(os.path.join(out, n))]
+    if not present:
+        return
+    # Without checkpoint.npz and metrics.jsonl (written only after it), the run was stopped before its first
+    # checkpoint: there is nothing to resume or lose, so a new run replaces its config.json.
+    started = any(n in present for n in ("checkpoint.npz", "metrics.jsonl"))
+    if started and not overwrite:
+        raise RunDirectoryError(
+            f"train: `--out` {out!r} already holds a run ({', '.join(present)}); continue it with --resume, "
+            f"replace it with --overwrite, or pick another --out."
+        )
+    for name in present:
+        os.unlink(os.path.join(out, name))
+
+
+def write_text(path: str, text: str) -> None:
+    """Write text to path atomically (`checkpoint.write_atomic`): a reader sees the old or the new file."""
+    checkpoint.write_atomic(path, lambda f: f.write(text), mode="w")
+
+
+def write_metrics(path: str, history: list) -> None:
+    """metrics.jsonl: one JSON line per epoch, rewritten whole from the history the checkpoint holds."""
+    write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+
+
+def write_error(e: OSError, out: str, kept: str) -> WriteError:
+    """The WriteError that reports `e` (an errno of WRITE_ERRNOS: a full disk, a read-only `out`, ...) and what
+    is `kept` on disk."""
+    error = WriteError(f"train: cannot write to `{out}` ({e.strerror}); free some space or pick another --out; {kept}.")
+    error.errno = e.errno
+    return error
