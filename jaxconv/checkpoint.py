@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import operator
 import os
-import tempfile
 import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxconv.atomic import write_atomic
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -150,19 +151,6 @@ def latest_checkpoint(run_dir) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def remove_temporaries(path) -> list[str]:
     """Delete the temporary files (`.checkpoint.npz.*.tmp`) a killed `save_checkpoint` of `path` left behind.
 
@@ -252,35 +240,6 @@ def save_checkpoint(path, *, params, opt_state, step, key, config, metadata=None
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_atomic(path, lambda f: np.savez(f, **entries))
-    return path
-
-
-def write_atomic(path, write, mode: str = "wb") -> str:
-    """Write a file so that a reader (or a crash) sees the old file or the new one, never a mix.
-
-    `write(f)` fills an open temporary file `.{name}.XXXX.tmp` beside `path` (mode "wb" or "w");
-    it is fsynced, given the usual permissions and renamed over `path`, then the folder is
-    fsynced. On any error the temporary is removed and the error raised. Checkpoints, the
-    metrics and config files of `jaxconv train`, and safetensors exports all go through here.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
     return path
 
 

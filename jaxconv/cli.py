@@ -208,7 +208,7 @@ def _add_run_arguments(p) -> None:
 
 
 def _add_scaling_arguments(p) -> None:
-    g = p.add_argument_group("scaling out", "data parallelism over devices and hosts (see README, Scaling out)")
+    g = p.add_argument_group("scaling out", "data parallelism over devices and hosts (see docs/scaling.md)")
     g.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                    help="split each batch over N devices (default: all devices of all processes); "
                         "--batch-size must be a multiple of N")

@@ -8,7 +8,7 @@ config and the metrics history; written atomically) and, with matplotlib, `curve
 
 Models with BatchNorm or Dropout (`uses_train_mode`) train in train mode with
 their state and a per-step key, and are evaluated in eval mode (running
-statistics, no dropout); see README, "Training models with state".
+statistics, no dropout); see docs/training.md, "Models with state".
 
 The training set is put on the device once; each epoch's shuffle and shifts are
 drawn on the host by NumPy (`data.epoch_draws`, nothing to compile) and each
@@ -60,7 +60,7 @@ from jaxconv.train import make_eval_step
 OPTIMIZERS = ("sgd", "momentum", "adam")
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 2e-3}
 SCHEDULES = ("cosine", "constant")
-DTYPES = ("float32", "bfloat16")  # compute dtypes; params, loss and optimizer stay float32 (see README, Conventions)
+DTYPES = ("float32", "bfloat16")  # compute dtypes; params, loss and optimizer stay float32 (see docs/interop.md, the dtype policy)
 
 
 @dataclasses.dataclass

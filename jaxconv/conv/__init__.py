@@ -245,7 +245,7 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
         x.shape, w_shape, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups
     )
     _check_bias_and_dtype(op, x, w, b, out_shape[3], "output channel")
-    if impl == "auto":  # on CPU, XLA's compiler aborts on some lhs-dilated convolutions (README, Known issue)
+    if impl == "auto":  # on CPU, XLA's compiler aborts on some lhs-dilated convolutions (docs/convolutions.md, known issue)
         impl = "lax" if jax.default_backend() != "cpu" else "hand"
     if impl == "lax":
         y = transpose.lax_transpose(x, w, b, plan, extra, out_shape)

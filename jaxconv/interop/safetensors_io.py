@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.checkpoint import write_atomic
+from jaxconv.atomic import write_atomic
 from jaxconv.interop.names import NameMap
 from jaxconv.interop.state_dict import from_torch, to_torch
 from jaxconv.interop.trees import get_path, set_path, skeleton
