@@ -26,13 +26,13 @@ from jaxconv.layers import (
     MaxPool,
     Relu,
     Relu6,
+    Upsample,
     fan_in_concat,
     fan_out,
     identity,
     parallel,
     residual,
     serial,
-    Upsample,
 )
 
 
