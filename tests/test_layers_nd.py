@@ -184,7 +184,7 @@ def test_in_a_serial_model_state_nests_and_gradients_flow():
         y, _ = model.apply(p, x, state=state, train=True)
         return jnp.sum(y * jnp.arange(y.size).reshape(y.shape))
 
-    grads = jax.grad(J)(params)
+    grads = jax.jit(jax.grad(J))(params)
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
 
 

@@ -86,12 +86,12 @@ def test_parameter_count_equals_pytorch_and_output_shape(config):
 
 
 def test_output_shape_channels_and_gradient_flows_to_every_leaf():
-    model = models.unet(in_channels=3, out_channels=2, depth=1, base_width=4, num_groups=2, up="upsample")
+    model = models.unet(in_channels=3, out_channels=2, depth=1, base_width=4, num_groups=2, up="upsample", impl="lax")
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 4, 3)))
     _, params = model.init(KEY, x.shape)
-    y = model.apply(params, x)
+    y = jax.jit(model.apply)(params, x)  # compiled whole: eagerly, every op would compile on its own
     assert y.shape == (2, 6, 4, 2)
-    grads = jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2))(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2)))(params)
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
 
 
@@ -121,7 +121,7 @@ def test_torch_round_trip_gives_equal_outputs_and_identical_tensors(config):
     assert {r.torch_name for r in rows} == set(sd)
     params, state = interop.from_torch(sd, rows)
     x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
-    y, _ = model.apply(params, jnp.asarray(x), state=state, train=False)
+    y, _ = jax.jit(lambda p, x, s: model.apply(p, x, state=s, train=False))(params, jnp.asarray(x), state)
     with torch.no_grad():
         y_t = net(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(np.asarray(y), y_t, atol=ATOL, rtol=0)
