@@ -17,6 +17,9 @@ Layouts (PyTorch -> jaxconv; the reverse is the inverse permutation):
 - BatchNorm2d weight, bias -> params gamma, beta; running_mean, running_var -> state mean, var.
   num_batches_tracked is dropped on import and written on export as `num_batches_tracked`
   (an int64 scalar, 0 unless given).
+- GroupNorm, LayerNorm, InstanceNorm1d/2d/3d weight, bias -> params gamma, beta (recognised by the
+  layer's kind); a LayerNorm over whole examples, PyTorch's weight (n_C, *spatial) -> (*spatial, n_C).
+  InstanceNorm's tracked running_mean, running_var -> state mean, var (also without affine params).
 - Biases are copied.
 
 Every conversion is a permutation or a copy, so PyTorch -> jaxconv -> PyTorch gives bit-identical

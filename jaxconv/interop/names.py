@@ -15,6 +15,9 @@ import numpy as np
 
 from jaxconv.interop.trees import skeleton
 
+NORM_KINDS = ("layer_norm", "group_norm", "instance_norm")  # the layer kinds whose {"gamma", "beta"} are not a BatchNorm's
+
+
 class NameRow(NamedTuple):
     """One tensor: its PyTorch state_dict name, its jaxconv path, and how it is converted.
 
@@ -76,12 +79,21 @@ def _copy(w, flatten=None):
     return w
 
 
+def _channels_last(w, flatten=None):  # (n_C, *spatial) -> (*spatial, n_C): a LayerNorm's weight over whole examples
+    return np.moveaxis(w, 0, -1)
+
+
+def _channels_first(w, flatten=None):  # (*spatial, n_C) -> (n_C, *spatial)
+    return np.moveaxis(w, -1, 0)
+
+
 CONVERSIONS = {
     # name: (PyTorch -> jaxconv, jaxconv -> PyTorch, description)
     "conv": (_conv_from_torch, _conv_to_torch, "OIHW -> HWIO, permute(2, 3, 1, 0)"),
     "conv_transpose": (_conv_from_torch, _conv_to_torch, "(n_C, n_C'/g, f_H, f_W) -> HWIO, permute(2, 3, 1, 0)"),
     "dense": (_dense_from_torch, _dense_to_torch, "(n_out, n_in) -> (n_in, n_out)"),
     "copy": (_copy, _copy, "copy"),
+    "channels_first": (_channels_last, _channels_first, "(n_C, *spatial) -> (*spatial, n_C), moveaxis(0, -1)"),
     "count": (None, None, "dropped on import; exported as the given count"),
 }
 
@@ -162,7 +174,10 @@ def name_map(model, input_shape, mapping: Mapping | None = None) -> NameMap:
 
     Layers are recognised by their params: {"w"[, "b"]} with a 3- to 5-D w is a convolution (a transposed
     one if the layer's kind says "transpose"), with a 2-D w a dense layer; {"gamma", "beta"} is a
-    BatchNorm, whose state {"mean", "var"} maps to running_mean / running_var.
+    BatchNorm, whose state {"mean", "var"} maps to running_mean / running_var, or, by the layer's kind,
+    a LayerNorm / GroupNorm / InstanceNorm (weight, bias; an InstanceNorm's tracked statistics, also
+    without affine params, map to running_mean / running_var / num_batches_tracked). A LayerNorm over
+    (*spatial, n_C) has PyTorch's weight (n_C, *spatial) (LayerNorm([n_C, n_H, n_W]) on NCHW).
     """
     shape = tuple(input_shape)
     if len(shape) < 1 or not all(isinstance(n, int) for n in shape):
@@ -177,21 +192,27 @@ def name_map(model, input_shape, mapping: Mapping | None = None) -> NameMap:
     # jax.eval_shape returns dicts with sorted keys; put the layers back in the model's order.
     order = {path: i for i, path in enumerate(kinds)}
     layers = sorted(_layer_leaves(params_like), key=lambda item: order.get(item[0], len(order)))
-    module_of = _module_names(mapping, [".".join(p) for p, _ in layers])
+    # an InstanceNorm(affine=False, track_running_stats=True) has state but no params
+    state_only = [p for p in state_layers if kinds.get(p) == "instance_norm" and p not in dict(layers)]
+    module_of = _module_names(mapping, [".".join(p) for p, _ in layers] + [".".join(p) for p in state_only])
     rows = []
     for path, leaves in layers:
         dotted = ".".join(path)
         if set(leaves) in ({"w"}, {"w", "b"}) and leaves["w"].ndim in (2, 3, 4, 5):
             flat = flatten.get(dotted) if len(path) == 1 else None
             rows += _weight_rows(module_of[dotted], dotted, leaves, str(kinds.get(path, "")), flat)
+        elif set(leaves) == {"gamma", "beta"} and kinds.get(path) in NORM_KINDS:
+            rows += _norm_rows(module_of[dotted], dotted, leaves, state_layers.get(path, {}))
         elif set(leaves) == {"gamma", "beta"}:
             rows += _batchnorm_rows(module_of[dotted], dotted, leaves, state_layers.get(path, {}))
         else:
             raise ValueError(
                 f"name_map: no PyTorch conversion known for layer `{dotted}` with params "
-                f"{ {k: tuple(v.shape) for k, v in sorted(leaves.items())} }; known: conv/dense {{'w'[, 'b']}} "
-                f"and BatchNorm {{'gamma', 'beta'}}. Convert that layer's tensors yourself."
+                f"{ {k: tuple(v.shape) for k, v in sorted(leaves.items())} }; known: conv/dense {{'w'[, 'b']}}, "
+                f"BatchNorm and Layer/Group/InstanceNorm {{'gamma', 'beta'}}. Convert that layer's tensors yourself."
             )
+    for path in state_only:
+        rows += _norm_rows(module_of[".".join(path)], ".".join(path), {}, state_layers[path])
     return NameMap(rows, skeleton(params_like), skeleton(state_like))
 
 
@@ -245,6 +266,23 @@ def _batchnorm_rows(module: str, dotted: str, leaves: dict, stats: dict) -> list
         jshape = tuple(src[key].shape)
         rows.append(NameRow(f"{module}.{torch_key}", f"{dotted}.{key}", coll, "copy", jshape, jshape))
     rows.append(NameRow(f"{module}.num_batches_tracked", "", "count", "count", (), ()))
+    return rows
+
+
+def _norm_rows(module: str, dotted: str, leaves: dict, stats: dict) -> list:
+    """A LayerNorm/GroupNorm/InstanceNorm's rows: weight/bias from params (if affine); an InstanceNorm's tracked
+    running_mean/var from state, with num_batches_tracked counted."""
+    rows = []
+    for key, torch_key in (("gamma", "weight"), ("beta", "bias")):
+        if key in leaves:
+            jshape = tuple(leaves[key].shape)
+            conversion = "channels_first" if len(jshape) > 1 else "copy"  # LayerNorm over (*spatial, n_C)
+            rows.append(NameRow(f"{module}.{torch_key}", f"{dotted}.{key}", "params", conversion, _torch_shape(conversion, jshape, None), jshape))
+    if set(stats) == {"mean", "var"}:
+        for key, torch_key in (("mean", "running_mean"), ("var", "running_var")):
+            jshape = tuple(stats[key].shape)
+            rows.append(NameRow(f"{module}.{torch_key}", f"{dotted}.{key}", "state", "copy", jshape, jshape))
+        rows.append(NameRow(f"{module}.num_batches_tracked", "", "count", "count", (), ()))
     return rows
 
 

@@ -12,7 +12,8 @@ One job per module:
 - `conv`: the layers with weights (Conv2D, ConvTranspose2D, Dense);
 - `pool`: pooling, GlobalAvgPool and Flatten;
 - `activations`: Relu, LeakyRelu, ..., Softmax;
-- `norm`: the mode-dependent layers (BatchNorm, Dropout);
+- `norm`: the normalisations (BatchNorm, LayerNorm, GroupNorm, InstanceNorm) and Dropout;
+- `upsample`: the up-sampling layers (Upsample, PixelShuffle, PixelUnshuffle);
 - `combinators`: serial, parallel, residual and the branching layers.
 """
 
@@ -21,8 +22,9 @@ from jaxconv.layers.combinators import fan_in_concat, fan_in_sum, fan_out, ident
 from jaxconv.layers.conv import Conv2D, ConvTranspose2D, Dense
 from jaxconv.layers.core import Layer, Params, call_layer, init_state_of
 from jaxconv.layers.dtypes import FLOAT_DTYPES
-from jaxconv.layers.norm import BatchNorm, Dropout
+from jaxconv.layers.norm import BatchNorm, Dropout, GroupNorm, InstanceNorm, LayerNorm
 from jaxconv.layers.pool import AdaptiveAvgPool, AdaptiveMaxPool, AvgPool, Flatten, GlobalAvgPool, MaxPool
+from jaxconv.layers.upsample import PixelShuffle, PixelUnshuffle, Upsample
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -38,11 +40,16 @@ __all__ = [
     "Flatten",
     "Gelu",
     "GlobalAvgPool",
+    "GroupNorm",
+    "InstanceNorm",
     "Layer",
+    "LayerNorm",
     "LeakyRelu",
     "LogSoftmax",
     "MaxPool",
     "Params",
+    "PixelShuffle",
+    "PixelUnshuffle",
     "Relu",
     "Relu6",
     "Sigmoid",
@@ -50,6 +57,7 @@ __all__ = [
     "Softmax",
     "Softplus",
     "Tanh",
+    "Upsample",
     "call_layer",
     "fan_in_concat",
     "fan_in_sum",
