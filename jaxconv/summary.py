@@ -30,13 +30,16 @@ def count_params(params) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
 
 
-def _macs(params, out_shape) -> int:
+def _macs(params, out_shape, in_shape, transposed=False) -> int:
     # conv: n_H'·n_W'·n_C' outputs × f_H·f_W·n_C/groups taps; dense: n_out × n_in. Both are
-    # (output size) × (w's size without its last axis). Other layers do no multiply-accumulates.
+    # (output size) × (w's size without its last axis). A transposed convolution's filter is that of
+    # the convolution it transposes, whose output is the transposed one's input: each of the
+    # n_H·n_W·n_C input values is multiplied into f_H·f_W·n_C'/groups outputs. Other layers do no
+    # multiply-accumulates.
     w = params.get("w") if isinstance(params, dict) else None
     if w is None:
         return 0
-    return math.prod(out_shape) * math.prod(w.shape[:-1])
+    return math.prod(in_shape if transposed else out_shape) * math.prod(w.shape[:-1])
 
 
 def _shape_of(y):
@@ -60,7 +63,8 @@ def _rows(name, layer, params, state, x, depth):
     if not children or layer.kind not in ("serial", "parallel", "residual"):
         y = _apply_shape(layer, params, state, x)
         shape = _shape_of(y)
-        macs = 0 if shape and isinstance(shape[0], tuple) else _macs(params, shape)
+        transposed = "transpose" in str(layer.kind)
+        macs = 0 if shape and isinstance(shape[0], tuple) else _macs(params, shape, _shape_of(x), transposed)
         return [SummaryRow(name, shape, _size_of(shape), count_params(params), macs, depth)], y
     sub = []
     if layer.kind == "parallel":  # branch i gets input i

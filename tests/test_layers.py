@@ -13,6 +13,7 @@ import reference as ref
 from jaxconv import (
     AvgPool,
     Conv2D,
+    ConvTranspose2D,
     Dense,
     Flatten,
     GlobalAvgPool,
@@ -74,6 +75,14 @@ def test_seed_cnn_summary_matches_the_notes_table():
     assert by_name["conv1"].macs == 28 * 28 * 8 * 5 * 5 * 3 and by_name["fc3"].macs == 400 * 120
     text = format_summary(rows)
     assert "62,958" in text and "6,272" in text
+
+
+def test_summary_counts_a_transposed_convolutions_macs_from_its_input():
+    """Each of the n_H·n_W·n_C input values of a transposed conv is multiplied into f_H·f_W·n_C' outputs:
+    (4·4·3)·(2·2·5) = 960 for a 2x2 stride-2 layer of 5 filters on 4x4x3 (not its 8·8·5 outputs × 2·2·5 = 6,400)."""
+    net = serial(("up", ConvTranspose2D(5, 2, stride=2)))
+    by_name = {r.name: r for r in summary(net, (1, 4, 4, 3))}
+    assert by_name["up"].shape == (8, 8, 5) and by_name["up"].macs == 4 * 4 * 3 * 2 * 2 * 5
 
 
 def test_summary_accepts_minus_one_batch():
