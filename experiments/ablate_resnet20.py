@@ -75,6 +75,7 @@ NETWORK = {
     "forward-only": {},
     "no-update": {},
 }
+CONV3X3 = ("conv", "1x1", "grouped", "elementwise")  # what stands for ResNet-20's 3x3 convolutions (resnet20_variant)
 MODE = {"forward-only": "forward", "no-update": "grad"}  # the rest: "train" (forward, backward, Adam update)
 RESNET20_PARAMS = 272_474  # models.resnet20() for 3 channels and 10 classes (its docstring)
 ONE_THREAD_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
@@ -83,9 +84,6 @@ ONE_THREAD_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
 # ---------------------------------------------------------------------------
 # The networks, with switches.
 # ---------------------------------------------------------------------------
-
-
-CONV3X3 = ("conv", "1x1", "grouped", "elementwise")  # what stands for ResNet-20's 3x3 convolutions
 
 
 def cheap_conv(n_C, stride):
@@ -107,7 +105,7 @@ def cheap_conv(n_C, stride):
         w = jax.random.normal(key, (1, 1, n_C_in // groups, n_C)) * (2 / (n_C_in // groups)) ** 0.5  # He normal
         return (m, -(-n_H // stride), -(-n_W // stride), n_C), {"w": w}
 
-    def apply(params, x, **kwargs):
+    def apply(params, x, **kwargs):  # kwargs: what a composite may pass (train, ...), unused here
         h = x[:, ::stride, ::stride, :]  # (m, n_H', n_W', n_C_in)
         m, n_H, n_W, n_C_in = h.shape
         w = params["w"][0, 0]  # (n_C_in / groups, n_C)
