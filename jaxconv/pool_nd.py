@@ -135,8 +135,9 @@ def window_pads_nd(x_shape, f, s, d, pads, out_shape):
 
 
 def lowest(dtype):
-    """The identity of max for `dtype`, as a Python scalar: −∞, or the smallest integer."""
-    return -math.inf if jnp.issubdtype(dtype, jnp.floating) else int(jnp.iinfo(dtype).min)
+    """The identity of max for `dtype`: −∞ (a Python float, which reduce_window can differentiate), or the
+    smallest integer as a NumPy scalar of `dtype` (a Python int would be int64 with x64 on)."""
+    return -math.inf if jnp.issubdtype(dtype, jnp.floating) else np.array(np.iinfo(dtype).min, dtype)[()]
 
 
 def _reduce(x, init, computation, f, s, pads, d=None):
