@@ -299,7 +299,9 @@ def _avg_pool(op, k, x, window, stride, padding, count_include_pad, ceil_mode, d
     if divisor_override is not None:
         y = total / int(divisor_override)
     else:
-        y = total / jnp.asarray(avg_divisors(x.shape, f, s, pads, out_shape, count_include_pad), x.dtype)
+        divisor = avg_divisors(x.shape, f, s, pads, out_shape, count_include_pad)  # (1, *n', 1)
+        same = divisor.min() == divisor.max()  # every window whole: one number, as lax's own average would divide
+        y = total / (int(divisor.min()) if same else jnp.asarray(divisor, x.dtype))
     return y[0] if single else y
 
 
