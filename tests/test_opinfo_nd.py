@@ -124,7 +124,7 @@ def _interpolate(sample):
     return 1, lambda x: upsample(x, scale_factor=factor, size=size, mode=kw.get("mode", "nearest"), align_corners=kw.get("align_corners"))
 
 
-def _pixel(ours, name):
+def _pixel(ours):
     def adapt(sample):
         return sample.input.ndim - 3, lambda x: ours(x, *sample.args, *sample.kwargs.values())
 
@@ -144,8 +144,8 @@ ADAPTERS = {
     "group_norm": _group_norm,
     "instance_norm": _instance_norm,
     "interpolate": _interpolate,
-    "pixel_shuffle": _pixel(pixel_shuffle, "upscale_factor"),
-    "pixel_unshuffle": _pixel(pixel_unshuffle, "downscale_factor"),
+    "pixel_shuffle": _pixel(pixel_shuffle),
+    "pixel_unshuffle": _pixel(pixel_unshuffle),
 }
 VARIANTS = {"interpolate": ["nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic", "area"]}
 OPS = [(name, v) for name in ADAPTERS for v in VARIANTS.get(name, [""])]
