@@ -72,6 +72,18 @@ from jaxconv.nn import (
 )
 from jaxconv.norm import group_norm, instance_norm, layer_norm
 from jaxconv.pool import adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool, max_pool
+from jaxconv.pool_nd import (
+    adaptive_avg_pool1d,
+    adaptive_avg_pool3d,
+    adaptive_max_pool1d,
+    adaptive_max_pool3d,
+    avg_pool1d,
+    avg_pool3d,
+    global_avg_pool1d,
+    global_avg_pool3d,
+    max_pool1d,
+    max_pool3d,
+)
 from jaxconv.summary import SummaryRow, count_params, format_summary, summary
 from jaxconv.upsampling import pixel_shuffle, pixel_unshuffle, upsample
 
@@ -113,8 +125,14 @@ __all__ = [
     "Upsample",
     "accuracy",
     "adaptive_avg_pool",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool3d",
     "adaptive_max_pool",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool3d",
     "avg_pool",
+    "avg_pool1d",
+    "avg_pool3d",
     "checkpoint",
     "compile",
     "conv2d",
@@ -134,6 +152,8 @@ __all__ = [
     "format_summary",
     "gelu",
     "global_avg_pool",
+    "global_avg_pool1d",
+    "global_avg_pool3d",
     "gradcheck",
     "group_norm",
     "identity",
@@ -144,6 +164,8 @@ __all__ = [
     "layers",
     "log_softmax",
     "max_pool",
+    "max_pool1d",
+    "max_pool3d",
     "models",
     "parallel",
     "pixel_shuffle",

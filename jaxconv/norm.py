@@ -123,7 +123,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, batched=True)
     _check_number(op, "eps", eps, 0)
     xb = x if batched else x[None]  # (m, *spatial, n_C)
     m = xb.shape[0]
-    grouped = xb.astype(dtype).reshape(m, -1, num_groups, n_C // num_groups)  # (m, positions, G, n_C / G)
+    positions = math.prod(xb.shape[1:-1])  # not -1: reshape cannot infer it when m = 0
+    grouped = xb.astype(dtype).reshape(m, positions, num_groups, n_C // num_groups)  # (m, positions, G, n_C / G)
     y, _, _ = _normalise(grouped, (1, 3), eps)
     y = _affine(op, y.reshape(xb.shape), weight, bias, (n_C,), dtype).astype(x.dtype)
     return y if batched else y[0]

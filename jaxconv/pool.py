@@ -366,8 +366,8 @@ def adaptive_avg_pool(x, output_size):
     return y[0] if single else y
 
 
-def _adaptive_max_axis(x, idx, axis, n_out):
-    """First-maximum adaptive max along `axis` (1 or 2) of x, carrying the flat indices idx alongside.
+def adaptive_max_axis(x, idx, axis, n_out):
+    """First-maximum adaptive max along `axis` (any spatial axis) of x, carrying the flat indices idx alongside.
 
     Gathers each window's taps, padded to the longest window with −∞, and picks
     with argmax (the first maximum) and take_along_axis, so the gradient goes to
@@ -380,7 +380,8 @@ def _adaptive_max_axis(x, idx, axis, n_out):
     taps = np.minimum(taps, end[:, None] - 1)
     g = jnp.take(x, taps, axis=axis)  # axis replaced by (n', L)
     mask = valid.reshape((1,) * axis + valid.shape + (1,) * (x.ndim - axis - 1))
-    g = jnp.where(mask, g, -jnp.inf)
+    low = -jnp.inf if jnp.issubdtype(g.dtype, jnp.floating) else jnp.iinfo(g.dtype).min  # the identity of max
+    g = jnp.where(mask, g, jnp.array(low, g.dtype))
     k = jnp.expand_dims(jnp.argmax(g, axis=axis + 1), axis + 1)  # the first maximum in each window
     y = jnp.take_along_axis(g, k, axis=axis + 1).squeeze(axis + 1)
     idx = jnp.take_along_axis(jnp.take(idx, taps, axis=axis), k, axis=axis + 1).squeeze(axis + 1)
@@ -409,8 +410,8 @@ def adaptive_max_pool(x, output_size, return_indices=False):
     idx = jnp.broadcast_to(jnp.arange(n_H * n_W, dtype=jnp.int32).reshape(1, n_H, n_W, 1), x.shape)
     # Columns first, then rows: the row pass keeps the first row holding the maximum and the
     # column pass already kept the first column in that row: the first maximum in row-major order.
-    y, idx = _adaptive_max_axis(x, idx, 2, o[1])  # (m, n_H, n_W', n_C)
-    y, idx = _adaptive_max_axis(y, idx, 1, o[0])  # (m, n_H', n_W', n_C)
+    y, idx = adaptive_max_axis(x, idx, 2, o[1])  # (m, n_H, n_W', n_C)
+    y, idx = adaptive_max_axis(y, idx, 1, o[0])  # (m, n_H', n_W', n_C)
     if single:
         y, idx = y[0], idx[0]
     return (y, idx) if return_indices else y

@@ -45,6 +45,24 @@ from jaxconv.reference.pool import (
     max_unpool,
     pool_out_size,
 )
+from jaxconv.reference.pool import (  # any number of spatial axes, and the 1-D / 3-D names
+    adaptive_avg_pool1d,
+    adaptive_avg_pool3d,
+    adaptive_avg_pool_nd,
+    adaptive_max_pool1d,
+    adaptive_max_pool3d,
+    adaptive_max_pool_nd,
+    avg_pool1d,
+    avg_pool3d,
+    avg_pool_nd,
+    avg_pool_nd_vjp,
+    global_avg_pool1d,
+    global_avg_pool3d,
+    max_pool1d,
+    max_pool3d,
+    max_pool_nd,
+    max_pool_nd_vjp,
+)
 from jaxconv.reference.upsampling import interpolate, output_size, pixel_shuffle, pixel_unshuffle
 
 __all__ = [
@@ -87,4 +105,20 @@ __all__ = [
     "softmax_cross_entropy",
     "softplus",
     "tol",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool3d",
+    "adaptive_avg_pool_nd",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool3d",
+    "adaptive_max_pool_nd",
+    "avg_pool1d",
+    "avg_pool3d",
+    "avg_pool_nd",
+    "avg_pool_nd_vjp",
+    "global_avg_pool1d",
+    "global_avg_pool3d",
+    "max_pool1d",
+    "max_pool3d",
+    "max_pool_nd",
+    "max_pool_nd_vjp",
 ]

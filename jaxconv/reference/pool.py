@@ -1,11 +1,13 @@
 """Float64 references of max, average and adaptive pooling, with PyTorch's options.
 
 Windows are walked pixel by pixel; padding counts −∞ for max and 0 for average pooling.
-Layout: x NHWC (m, n_H, n_W, n_C).
+Layout: x NHWC (m, n_H, n_W, n_C); the `*_nd` functions and the 1-D / 3-D names take
+(m, *spatial, n_C) with any number of spatial axes (NWC, NDHWC).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -198,3 +200,200 @@ def adaptive_max_pool(x, output_size, return_indices=False):
 def global_avg_pool(x):
     """Mean over n_H and n_W: (m, n_H, n_W, n_C) -> (m, n_C)."""
     return np.asarray(x, np.float64).mean(axis=(1, 2))
+
+
+# ---------------------------------------------------------------------------
+# Pools over any number k of spatial axes, x (m, *spatial, n_C): the same definitions,
+# every window walked tap by tap with itertools.product (the last axis fastest: row-major).
+# The 1-D (NWC) and 3-D (NDHWC) names fix k; an input of rank k + 1 is one example.
+# ---------------------------------------------------------------------------
+
+
+def _ktuple(v, k):
+    return (v,) * k if isinstance(v, int) else tuple(v)
+
+
+def _pads_nd(padding, n, f, s, d):
+    """((lo, hi), ...) per spatial axis for p, one p per axis, one (lo, hi) per axis, "VALID" or "SAME"."""
+    k = len(n)
+    if isinstance(padding, str):
+        if padding.upper() == "VALID":
+            return ((0, 0),) * k
+        totals = [max((-(-n[a] // s[a]) - 1) * s[a] + d[a] * (f[a] - 1) + 1 - n[a], 0) for a in range(k)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    if isinstance(padding, int):
+        return ((padding, padding),) * k
+    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+def _batched_nd(x, k):
+    x = np.asarray(x, np.float64)
+    return (x[None], True) if x.ndim == k + 1 else (x, False)
+
+
+def _windows_nd(x_shape, window, stride, padding, dilation, ceil_mode):
+    """(n', pads, taps): taps[a][j] lists window j's coordinates along axis a, j·s + t·d − lo for t < f."""
+    n = x_shape[1:-1]
+    k = len(n)
+    f = _ktuple(window, k)
+    s = f if stride is None else _ktuple(stride, k)
+    d = _ktuple(dilation, k)
+    pads = _pads_nd(padding, n, f, s, d)
+    n_out = tuple(pool_out_size(n[a], f[a], s[a], *pads[a], d[a], ceil_mode) for a in range(k))
+    taps = [[[j * s[a] + t * d[a] - pads[a][0] for t in range(f[a])] for j in range(n_out[a])] for a in range(k)]
+    return n_out, pads, taps
+
+
+def max_pool_nd(x, k, window=2, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max over each window of x (m, *spatial, n_C) with k spatial axes -> (m, *n', n_C) [and the flat
+    row-major spatial index of each window's first maximum, int64]; padding and the ceil overhang count −∞."""
+    x, single = _batched_nd(x, k)
+    n = x.shape[1:-1]
+    n_out, _, taps = _windows_nd(x.shape, window, stride, padding, dilation, ceil_mode)
+    y = np.full((x.shape[0], *n_out, x.shape[-1]), -np.inf)
+    idx = np.full(y.shape, -1, np.int64)
+    for j in itertools.product(*(range(o) for o in n_out)):
+        for p in itertools.product(*(taps[a][j[a]] for a in range(k))):  # row-major: the first maximum stays
+            if all(0 <= p[a] < n[a] for a in range(k)):
+                better = x[(slice(None), *p)] > y[(slice(None), *j)]
+                y[(slice(None), *j)] = np.where(better, x[(slice(None), *p)], y[(slice(None), *j)])
+                idx[(slice(None), *j)] = np.where(better, np.ravel_multi_index(p, n), idx[(slice(None), *j)])
+    if single:
+        y, idx = y[0], idx[0]
+    return (y, idx) if return_indices else y
+
+
+def max_pool_nd_vjp(x, dy, k, window=2, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """dX of `max_pool_nd` for batched x (m, *spatial, n_C): each window's dY added at its first maximum."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    _, idx = max_pool_nd(x, k, window, stride, padding, dilation, ceil_mode, return_indices=True)
+    m, n_C = x.shape[0], x.shape[-1]
+    dx = np.zeros((m, math.prod(x.shape[1:-1]), n_C))
+    for i in range(m):
+        for c in range(n_C):
+            np.add.at(dx[i, :, c], idx[i, ..., c].ravel(), dy[i, ..., c].ravel())
+    return dx.reshape(x.shape)
+
+
+def _avg_divisors_nd(x_shape, window, stride, padding, count_include_pad, ceil_mode, divisor_override):
+    """(n' divisors, taps): divisor_override, or the window's taps inside the padded input
+    (count_include_pad) or inside the real input, counted per axis and multiplied."""
+    n = x_shape[1:-1]
+    n_out, pads, taps = _windows_nd(x_shape, window, stride, padding, 1, ceil_mode)
+    div = np.empty(n_out)
+    for j in itertools.product(*(range(o) for o in n_out)):
+        counts = [
+            sum(1 for p in taps[a][j[a]] if (-pads[a][0] <= p < n[a] + pads[a][1] if count_include_pad else 0 <= p < n[a]))
+            for a in range(len(n))
+        ]
+        div[j] = divisor_override if divisor_override else math.prod(counts)
+    return div, taps
+
+
+def avg_pool_nd(x, k, window=2, stride=None, padding=0, count_include_pad=True, ceil_mode=False, divisor_override=None):
+    """Sum of each window's real pixels divided by `_avg_divisors_nd`: x (m, *spatial, n_C) -> (m, *n', n_C)."""
+    x, single = _batched_nd(x, k)
+    div, taps = _avg_divisors_nd(x.shape, window, stride, padding, count_include_pad, ceil_mode, divisor_override)
+    n = x.shape[1:-1]
+    y = np.zeros((x.shape[0], *div.shape, x.shape[-1]))
+    for j in itertools.product(*(range(o) for o in div.shape)):
+        for p in itertools.product(*(taps[a][j[a]] for a in range(k))):
+            if all(0 <= p[a] < n[a] for a in range(k)):
+                y[(slice(None), *j)] += x[(slice(None), *p)] / div[j]
+    return y[0] if single else y
+
+
+def avg_pool_nd_vjp(x, dy, k, window=2, stride=None, padding=0, count_include_pad=True, ceil_mode=False, divisor_override=None):
+    """dX of `avg_pool_nd` for batched x (m, *spatial, n_C): each window adds dY / divisor to its real pixels."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    div, taps = _avg_divisors_nd(x.shape, window, stride, padding, count_include_pad, ceil_mode, divisor_override)
+    n = x.shape[1:-1]
+    dx = np.zeros_like(x)
+    for j in itertools.product(*(range(o) for o in div.shape)):
+        for p in itertools.product(*(taps[a][j[a]] for a in range(k))):
+            if all(0 <= p[a] < n[a] for a in range(k)):
+                dx[(slice(None), *p)] += dy[(slice(None), *j)] / div[j]
+    return dx
+
+
+def adaptive_avg_pool_nd(x, k, output_size):
+    """Mean over each adaptive window: x (m, *spatial, n_C) -> (m, *n', n_C); output_size an int or k (None keeps)."""
+    x, single = _batched_nd(x, k)
+    n = x.shape[1:-1]
+    o = tuple(n[a] if v is None else v for a, v in enumerate(_ktuple(output_size, k)))
+    wins = [adaptive_windows(n[a], o[a]) for a in range(k)]
+    y = np.empty((x.shape[0], *o, x.shape[-1]))
+    for j in itertools.product(*(range(v) for v in o)):
+        block = x[(slice(None), *(slice(*wins[a][j[a]]) for a in range(k)))]
+        y[(slice(None), *j)] = block.mean(axis=tuple(range(1, k + 1)))
+    return y[0] if single else y
+
+
+def adaptive_max_pool_nd(x, k, output_size, return_indices=False):
+    """Max over each adaptive window, the index of its first maximum in row-major order (int64)."""
+    x, single = _batched_nd(x, k)
+    n = x.shape[1:-1]
+    o = tuple(n[a] if v is None else v for a, v in enumerate(_ktuple(output_size, k)))
+    wins = [adaptive_windows(n[a], o[a]) for a in range(k)]
+    y = np.full((x.shape[0], *o, x.shape[-1]), -np.inf)
+    idx = np.full(y.shape, -1, np.int64)
+    for j in itertools.product(*(range(v) for v in o)):
+        for p in itertools.product(*(range(*wins[a][j[a]]) for a in range(k))):
+            better = x[(slice(None), *p)] > y[(slice(None), *j)]
+            y[(slice(None), *j)] = np.where(better, x[(slice(None), *p)], y[(slice(None), *j)])
+            idx[(slice(None), *j)] = np.where(better, np.ravel_multi_index(p, n), idx[(slice(None), *j)])
+    if single:
+        y, idx = y[0], idx[0]
+    return (y, idx) if return_indices else y
+
+
+def max_pool1d(x, *args, **kwargs):
+    """`max_pool_nd` over (m, n_W, n_C)."""
+    return max_pool_nd(x, 1, *args, **kwargs)
+
+
+def max_pool3d(x, *args, **kwargs):
+    """`max_pool_nd` over (m, n_D, n_H, n_W, n_C)."""
+    return max_pool_nd(x, 3, *args, **kwargs)
+
+
+def avg_pool1d(x, *args, **kwargs):
+    """`avg_pool_nd` over (m, n_W, n_C)."""
+    return avg_pool_nd(x, 1, *args, **kwargs)
+
+
+def avg_pool3d(x, *args, **kwargs):
+    """`avg_pool_nd` over (m, n_D, n_H, n_W, n_C)."""
+    return avg_pool_nd(x, 3, *args, **kwargs)
+
+
+def adaptive_avg_pool1d(x, output_size):
+    """`adaptive_avg_pool_nd` over (m, n_W, n_C)."""
+    return adaptive_avg_pool_nd(x, 1, output_size)
+
+
+def adaptive_avg_pool3d(x, output_size):
+    """`adaptive_avg_pool_nd` over (m, n_D, n_H, n_W, n_C)."""
+    return adaptive_avg_pool_nd(x, 3, output_size)
+
+
+def adaptive_max_pool1d(x, output_size, return_indices=False):
+    """`adaptive_max_pool_nd` over (m, n_W, n_C)."""
+    return adaptive_max_pool_nd(x, 1, output_size, return_indices)
+
+
+def adaptive_max_pool3d(x, output_size, return_indices=False):
+    """`adaptive_max_pool_nd` over (m, n_D, n_H, n_W, n_C)."""
+    return adaptive_max_pool_nd(x, 3, output_size, return_indices)
+
+
+def global_avg_pool1d(x):
+    """Mean over n_W: (m, n_W, n_C) -> (m, n_C)."""
+    x, single = _batched_nd(x, 1)
+    return x.mean(axis=1)[0] if single else x.mean(axis=1)
+
+
+def global_avg_pool3d(x):
+    """Mean over n_D, n_H, n_W: (m, n_D, n_H, n_W, n_C) -> (m, n_C)."""
+    x, single = _batched_nd(x, 3)
+    return x.mean(axis=(1, 2, 3))[0] if single else x.mean(axis=(1, 2, 3))
