@@ -238,7 +238,7 @@ def test_softmax_cross_entropy_label_shape_errors():
         softmax_cross_entropy(logits, jnp.array([0, 1, 2]))
     with _raises(ValueError, "softmax_cross_entropy: one-hot `labels` must have the shape of `logits` (4, 3), got (4, 2)"):
         softmax_cross_entropy(logits, jnp.zeros((4, 2), F32))
-    with _raises(ValueError, "softmax_cross_entropy: `logits` must have shape (m, K) or (K,), got (2, 6, 6, 4)"):
+    with _raises(ValueError, "softmax_cross_entropy: `logits` must have shape (m, K) or (K,) with K >= 1, got (2, 6, 6, 4)"):
         softmax_cross_entropy(X, jnp.array([0, 1]))
     with _raises(ValueError, "integer `labels` must have shape (4,)"):
         jax.jit(softmax_cross_entropy)(logits, jnp.array([0, 1, 2]))
