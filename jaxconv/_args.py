@@ -93,7 +93,7 @@ def padding_tuples(padding: Padding, op: str, *, n: tuple, f: tuple, s: tuple, d
     """
     N = len(n)
     if isinstance(padding, str):
-        return padding_pairs(padding, op, n=n, f=f, s=s, d=d)
+        return ((0, 0),) * N if padding.upper() == "VALID" else padding_pairs(padding, op, n=n, f=f, s=s, d=d)
     pads = None
     if is_integer(padding):
         pads = ((int(padding.__index__()),) * 2,) * N

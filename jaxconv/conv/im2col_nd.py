@@ -89,9 +89,13 @@ def forward(x, w, b, plan: PlanND):
     G, K, acc = plan.groups, math.prod(f), acc_dtype(x.dtype)  # sums in float32 for bfloat16/float16
     x_pad = pad_input(x, plan.pads)  # (m, *n_pad, n_C)
     n_out = out_size(x_pad.shape[1:-1], f, plan.stride, plan.dilation)  # n' per axis
-    P = patches(x_pad, f, plan.stride, plan.dilation, n_out).reshape(x.shape[0] * math.prod(n_out), K, G, n_Cg)  # (m·prod(n'), K, G, n_C/G)
-    z = jnp.einsum("rkgc,kcgo->rgo", P, w.reshape(K, n_Cg, G, n_C_out // G), preferred_element_type=acc)  # Z_g = P_g · W_g
-    z = z.reshape(x.shape[0], *n_out, n_C_out)
+    P = patches(x_pad, f, plan.stride, plan.dilation, n_out)  # (m, *n', K·n_C)
+    if G == 1:
+        z = jnp.dot(P, w.reshape(K * n_Cg, n_C_out), preferred_element_type=acc)  # Z = P · W
+    else:  # Z_g = P_g · W_g for each group g of channels
+        P_g = P.reshape(x.shape[0] * math.prod(n_out), K, G, n_Cg)  # (m·prod(n'), K, G, n_C/G)
+        z = jnp.einsum("rkgc,kcgo->rgo", P_g, w.reshape(K, n_Cg, G, n_C_out // G), preferred_element_type=acc)
+        z = z.reshape(x.shape[0], *n_out, n_C_out)
     if b is not None:
         z = z + b  # + b[o]
     return z.astype(x.dtype), x_pad
@@ -126,9 +130,13 @@ def weight_grad(x_pad, dZ, w_shape, plan: PlanND):
     """dW = Pᵀ · dZ: dW[k, c, o] = Σ_{m, r} P[m, r, (k, c)] · dZ[m, r, o]. Returns (*f, n_C/G, n_C')."""
     *f, n_Cg, n_C_out = w_shape
     G, K, acc = plan.groups, math.prod(f), acc_dtype(dZ.dtype)
-    P = patches(x_pad, f, plan.stride, plan.dilation, dZ.shape[1:-1]).reshape(math.prod(dZ.shape[:-1]), K, G, n_Cg)  # (m·prod(n'), K, G, n_C/G)
-    dZ_g = dZ.reshape(math.prod(dZ.shape[:-1]), G, n_C_out // G)  # (m·prod(n'), G, n_C'/G)
-    dW = jnp.einsum("rkgc,rgo->kcgo", P, dZ_g, preferred_element_type=acc)  # dW_g = P_gᵀ · dZ_g
+    rows = math.prod(dZ.shape[:-1])  # m·prod(n'), one per output pixel
+    P = patches(x_pad, f, plan.stride, plan.dilation, dZ.shape[1:-1]).reshape(rows, K * G * n_Cg)  # (m·prod(n'), K·n_C)
+    if G == 1:
+        dW = jnp.dot(P.T, dZ.reshape(rows, n_C_out), preferred_element_type=acc)  # dW = Pᵀ · dZ
+    else:  # dW_g = P_gᵀ · dZ_g
+        P_g, dZ_g = P.reshape(rows, K, G, n_Cg), dZ.reshape(rows, G, n_C_out // G)
+        dW = jnp.einsum("rkgc,rgo->kcgo", P_g, dZ_g, preferred_element_type=acc)
     return dW.reshape(w_shape).astype(dZ.dtype)
 
 
@@ -140,9 +148,12 @@ def input_grad(dZ, w, plan: PlanND, x_pad_shape, x_shape):
     *f, n_Cg, n_C_out = w.shape
     G, K, acc = plan.groups, math.prod(f), acc_dtype(dZ.dtype)
     n_C, n_out = n_Cg * G, dZ.shape[1:-1]
-    dZ_g = dZ.reshape(math.prod(dZ.shape[:-1]), G, n_C_out // G)  # (m·prod(n'), G, n_C'/G)
-    dP = jnp.einsum("rgo,kcgo->rkgc", dZ_g, w.reshape(K, n_Cg, G, n_C_out // G), preferred_element_type=acc)  # dP_g = dZ_g · W_gᵀ
-    dP = dP.reshape(dZ.shape[0], *n_out, K * n_C)  # (m, *n', K·n_C), columns (k, c) as P's
+    if G == 1:
+        dP = jnp.dot(dZ, w.reshape(K * n_C, n_C_out).T, preferred_element_type=acc)  # dP = dZ · Wᵀ: (m, *n', K·n_C)
+    else:  # dP_g = dZ_g · W_gᵀ, columns (k, c) as P's
+        dZ_g = dZ.reshape(math.prod(dZ.shape[:-1]), G, n_C_out // G)  # (m·prod(n'), G, n_C'/G)
+        dP = jnp.einsum("rgo,kcgo->rkgc", dZ_g, w.reshape(K, n_Cg, G, n_C_out // G), preferred_element_type=acc)
+        dP = dP.reshape(dZ.shape[0], *n_out, K * n_C)
 
     # col2im: P[m, r, (k, c)] was copied from X_pad[m, r·s + k·d, c], so dX_pad[m, r·s + k·d, c] += dP[m, r, (k, c)].
     dX_pad = jnp.zeros(x_pad_shape, acc)  # pixels the forward never read keep 0

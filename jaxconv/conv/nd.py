@@ -20,7 +20,7 @@ from jax import lax
 from jaxconv import _args
 from jaxconv import compile as compiling
 from jaxconv._args import LAYOUTS, SPATIAL_AXES
-from jaxconv.conv import buffers, im2col_nd
+from jaxconv.conv import buffers, im2col_nd, policy
 from jaxconv.conv.geometry import PADDING_MODES, check_groups, lax_sum_dtype
 from jaxconv.conv.im2col_nd import PlanND
 from jaxconv.conv.shard import same_varying_axes
@@ -106,10 +106,14 @@ def pad_mode(x, pads, padding_mode, op):
     return jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=PADDING_MODES[padding_mode])
 
 
-def resolve_impl(impl):
-    """impl="auto": "lax" everywhere. On CPU the hand-rolled im2col is slower than XLA's convolution forward and
-    backward at every typical 1-D and 3-D size measured. Benchmark: docs/benchmarks.md#conv-nd"""
-    return "lax" if impl == "auto" else impl
+def resolve_impl(impl, x_shape, w_shape):
+    """The impl a convolution runs: impl itself, or for impl="auto" "hand" on CPU for a 3-D layer of at most
+    policy.TUNED["nd_hand_max_channels"] input channels (a volume's first layer: grey, RGB), where XLA's CPU
+    convolution is slowest, forward and backward; "lax" elsewhere: 1-D, wider 3-D layers, GPU and TPU."""
+    if impl != "auto":
+        return impl
+    small = len(x_shape) == 5 and x_shape[-1] <= policy.TUNED["nd_hand_max_channels"]
+    return "hand" if small and jax.default_backend() == "cpu" else "lax"
 
 
 def conv(x, w, b=None, *, N, op, stride=1, padding=0, dilation=1, groups=1, impl="auto", padding_mode="zeros"):
@@ -125,7 +129,7 @@ def conv(x, w, b=None, *, N, op, stride=1, padding=0, dilation=1, groups=1, impl
     if padding_mode != "zeros":
         x = pad_mode(x, plan.pads, padding_mode, op)  # (m, *(n + lo + hi), n_C)
         plan = plan._replace(pads=((0, 0),) * N)
-    impl = "lax" if 0 in x.shape or 0 in w_shape else resolve_impl(impl)  # empty: lax's empty (or bias-only) result
+    impl = "lax" if 0 in x.shape or 0 in w_shape else resolve_impl(impl, x.shape, w_shape)  # empty: lax's empty (or bias-only) result
     if impl == "lax":
         z = lax_conv(x, w, b, plan)
     elif impl == "hand":
