@@ -73,12 +73,11 @@ def test_output_shapes(op, x_shape, w_shape, kw, out):
 
 def test_conv_nd_picks_the_op_by_the_filter_rank():
     rng = np.random.default_rng(0)
+    both = jax.jit(lambda x, w, nd_op, op, **kw: (nd_op(x, w, **kw), op(x, w, **kw)), static_argnums=(2, 3), static_argnames=("stride", "padding"))
     for x_shape, w_shape, op in [((2, 8, 3), (3, 3, 5), conv1d), ((2, 6, 6, 3), (3, 3, 3, 5), conv2d), ((1, 4, 5, 6, 3), (2, 2, 2, 3, 5), conv3d)]:
-        x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-        np.testing.assert_array_equal(conv_nd(x, w, stride=2, padding=1), op(x, w, stride=2, padding=1))
+        np.testing.assert_array_equal(*both(rng.standard_normal(x_shape), rng.standard_normal(w_shape), conv_nd, op, stride=2, padding=1))
     for x_shape, w_shape, op in [((2, 4, 3), (3, 5, 3), conv_transpose1d), ((2, 3, 3, 3), (3, 3, 5, 3), conv_transpose2d), ((1, 2, 3, 2, 3), (2, 2, 2, 5, 3), conv_transpose3d)]:
-        x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-        np.testing.assert_array_equal(conv_transpose_nd(x, w, stride=2), op(x, w, stride=2))
+        np.testing.assert_array_equal(*both(rng.standard_normal(x_shape), rng.standard_normal(w_shape), conv_transpose_nd, op, stride=2))
 
 
 def test_empty_batch_and_zero_filters_give_lax_empty_result():
@@ -294,9 +293,8 @@ def test_conv_matches_torch(case):
     dy = np.random.default_rng(4).standard_normal(yt.shape)
     dxt, dwt, dbt = torch.autograd.grad(yt, (xt, wt, bt), torch.from_numpy(dy))
     crop = (slice(None), *(slice(lo, lo + n) for (lo, _), n in zip(pads, x_shape[1:-1])))
-    for impl in ("lax", "hand"):
-        y, vjp = jax.vjp(lambda x, w, b: CONV[N](x, w, b, impl=impl, **kw), x, w, b)
-        dx, dw, db = vjp(np.moveaxis(dy, 1, -1))
+    out = _all_impls(N, True, x, w, b, np.moveaxis(dy, 1, -1), tuple(sorted(kw.items())))
+    for impl, (y, dx, dw, db) in out.items():
         np.testing.assert_allclose(y, np.moveaxis(yt.detach().numpy(), 1, -1), **ref.tol(np.float64), err_msg=impl)
         np.testing.assert_allclose(dx, np.moveaxis(dxt.numpy(), 1, -1)[crop], **ref.tol(np.float64, grad=True), err_msg=impl)
         np.testing.assert_allclose(_to_torch_w(np.asarray(dw)), dwt.numpy(), **ref.tol(np.float64, grad=True), err_msg=impl)
@@ -316,8 +314,7 @@ def test_transpose_matches_torch(case):
     yt = fn(xt, wt, bt, **tkw)
     dy = np.random.default_rng(4).standard_normal(yt.shape)
     grads_t = torch.autograd.grad(yt, (xt, wt, bt), torch.from_numpy(dy))
-    y, vjp = jax.vjp(lambda x, w, b: TRANSPOSE[N](x, w, b, **kw), x, w, b)
-    dx, dw, db = vjp(np.moveaxis(dy, 1, -1))
+    y, dx, dw, db = _transpose_impls(N, True, x, w, b, np.moveaxis(dy, 1, -1), tuple(sorted(kw.items())))["hand"]  # compiled already
     np.testing.assert_allclose(y, np.moveaxis(yt.detach().numpy(), 1, -1), **ref.tol(np.float64))
     np.testing.assert_allclose(dx, np.moveaxis(grads_t[0].numpy(), 1, -1), **ref.tol(np.float64, grad=True))
     np.testing.assert_allclose(_to_torch_w(np.asarray(dw)), grads_t[1].numpy(), **ref.tol(np.float64, grad=True))
