@@ -6,13 +6,14 @@ over layers (`jaxconv.models.lenet5`), training on top (the compiled steps in
 `jaxconv.train`, the loop behind `jaxconv train` in `jaxconv.loop`).
 The branch combinator `parallel` lives in `jaxconv.layers` (`jaxconv.parallel` is the
 multi-device module).
-Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
+Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C') (`LAYOUT`);
+in 1-D NWC/WIO (`LAYOUT_1D`), in 3-D NDHWC/DHWIO (`LAYOUT_3D`); `LAYOUTS` maps 1, 2, 3 to them.
 """
 
 from jaxconv import checkpoint, compile, data, devices, initializers, layers, models, parallel, reference, train
-from jaxconv._args import LAYOUT, conv_output_size
+from jaxconv._args import LAYOUT, LAYOUT_1D, LAYOUT_3D, LAYOUTS, conv_output_size
 from jaxconv.devices import cpu_devices
-from jaxconv.conv import conv2d, conv_transpose2d
+from jaxconv.conv import conv1d, conv2d, conv3d, conv_nd, conv_transpose1d, conv_transpose2d, conv_transpose3d, conv_transpose_nd
 from jaxconv.gradcheck import GradcheckError, GradcheckReport, gradcheck
 from jaxconv.layers import (
     AdaptiveAvgPool,
@@ -91,6 +92,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LAYOUT",
+    "LAYOUTS",
+    "LAYOUT_1D",
+    "LAYOUT_3D",
     "AdaptiveAvgPool",
     "AdaptiveMaxPool",
     "AvgPool",
@@ -135,8 +139,14 @@ __all__ = [
     "avg_pool3d",
     "checkpoint",
     "compile",
+    "conv1d",
     "conv2d",
+    "conv3d",
+    "conv_nd",
+    "conv_transpose1d",
     "conv_transpose2d",
+    "conv_transpose3d",
+    "conv_transpose_nd",
     "conv_output_size",
     "cost",
     "count_params",

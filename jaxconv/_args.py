@@ -14,6 +14,13 @@ import jax.numpy as jnp
 
 # The one fixed layout of jaxconv: activations NHWC, filters HWIO.
 LAYOUT = ("NHWC", "HWIO", "NHWC")
+# The same, channels last, for one and three spatial axes: NWC/WIO (sequences), NDHWC/DHWIO (volumes, video).
+LAYOUT_1D = ("NWC", "WIO", "NWC")
+LAYOUT_3D = ("NDHWC", "DHWIO", "NDHWC")
+# The layout of each number of spatial axes.
+LAYOUTS = {1: LAYOUT_1D, 2: LAYOUT, 3: LAYOUT_3D}
+# The names of the spatial axes of each number of them, as errors name them.
+SPATIAL_AXES = {1: ("width",), 2: ("height", "width"), 3: ("depth", "height", "width")}
 
 IntPair = Union[int, Sequence[int]]
 Padding = Union[int, str, Sequence]
@@ -61,6 +68,46 @@ def pair(value, name: str, op: str, *, minimum: int) -> tuple[int, int]:
     if h < minimum or w < minimum:
         raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {given!r}; use {name}={minimum} or larger.")
     return h, w
+
+
+def ntuple(value, name: str, op: str, *, n: int, minimum: int) -> tuple[int, ...]:
+    """Turn an int or a tuple of `n` ints (one per spatial axis) into a tuple of n Python ints >= minimum."""
+    given = value
+    form = "an int" if n == 1 else f"an int or a tuple of {n} ints (one per spatial axis)"
+    if is_integer(value):
+        value = (int(value.__index__()),) * n
+    if not isinstance(value, (tuple, list)) or len(value) != n or not all(is_integer(v) for v in value):
+        raise TypeError(f"{op}: `{name}` must be {form}, got {given!r}.")
+    value = tuple(int(v.__index__()) for v in value)
+    if min(value) < minimum:
+        raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {given!r}; use {name}={minimum} or larger.")
+    return value
+
+
+def padding_tuples(padding: Padding, op: str, *, n: tuple, f: tuple, s: tuple, d: tuple) -> tuple:
+    """Normalise any padding form over len(n) spatial axes to ((lo, hi), ...), one pair per axis.
+
+    Forms: p, one int per axis (p_1, ..., p_N), one (lo, hi) pair per axis, "VALID", "SAME" (as
+    `padding_pairs`: output ⌈n/s⌉, an odd extra at the high end). With one axis, (lo, hi) is
+    written ((lo, hi),).
+    """
+    N = len(n)
+    if isinstance(padding, str):
+        return ((0, 0),) * N if padding.upper() == "VALID" else padding_pairs(padding, op, n=n, f=f, s=s, d=d)
+    pads = None
+    if is_integer(padding):
+        pads = ((int(padding.__index__()),) * 2,) * N
+    elif isinstance(padding, (tuple, list)) and len(padding) == N:
+        if all(is_integer(p) for p in padding):
+            pads = tuple((int(p.__index__()),) * 2 for p in padding)
+        elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(is_integer(q) for q in p) for p in padding):
+            pads = tuple(tuple(int(q.__index__()) for q in p) for p in padding)
+    if pads is None:
+        per_axis = "(p,) or ((lo, hi),)" if N == 1 else f"{N} ints (p_1, ..., p_{N}) or {N} pairs ((lo, hi), ...)"
+        raise TypeError(f"{op}: `padding` must be an int, {per_axis}, 'SAME' or 'VALID', got {padding!r}.")
+    if any(p < 0 for pp in pads for p in pp):
+        raise ValueError(f"{op}: `padding` must be non-negative, got {padding!r}; crop the input instead of padding it negatively.")
+    return pads
 
 
 def check_labels(labels, num_classes: int, op: str, *, name: str = "labels", fix: str = "") -> None:
@@ -153,13 +200,13 @@ def window_output_sizes(
     s: tuple[int, int],
     d: tuple[int, int] = (1, 1),
 ) -> tuple[int, int]:
-    """Output (n_H, n_W) of a window of size f sliding over n padded by pads.
+    """Output (n_H, n_W) of a window of size f sliding over n padded by pads (any number of axes: one per entry of n).
 
     Raises when the (dilated) window is larger than the padded input: lax would
     silently return an empty array.
     """
     sizes = []
-    for axis, n_i, f_i, (lo, hi), s_i, d_i in zip(("height", "width"), n, f, pads, s, d):
+    for axis, n_i, f_i, (lo, hi), s_i, d_i in zip(SPATIAL_AXES.get(len(n), [f"axis {a}" for a in range(len(n))]), n, f, pads, s, d):
         span = d_i * (f_i - 1) + 1
         if span > n_i + lo + hi:
             raise ValueError(

@@ -1,4 +1,4 @@
-"""2-D convolution, two ways: on `lax.conv_general_dilated`, and hand-rolled.
+"""Convolution, two ways: on `lax.conv_general_dilated`, and hand-rolled (2-D here; 1-D and 3-D in `nd.py`).
 
 Layout (`LAYOUT`): x is NHWC (m, n_H, n_W, n_C), the filter is HWIO
 (f_H, f_W, n_C / groups, n_C'), the bias is (n_C',). Convolution here is
@@ -20,7 +20,11 @@ The package, file by file:
 - `buffers.py`: operands handed to XLA:CPU as buffers, not recomputed chains
   (depthwise's weight gradient, and `lax_conv`: lax's convolution whose
   gradient reads x and dZ as buffers, what impl="lax" runs on CPU);
-- `geometry.py`: argument checks, sizes, padding; `shard.py`: the shard_map shim.
+- `geometry.py`: argument checks, sizes, padding; `shard.py`: the shard_map shim;
+- `nd.py`, `im2col_nd.py`, `transpose_nd.py`: conv1d and conv3d (NWC/WIO,
+  NDHWC/DHWIO) and their transposes, on lax or on the notes' im2col written
+  once for N spatial axes; `conv_nd` and `conv_transpose_nd` pick the op by
+  the filter's rank.
 Every hand-rolled algorithm is a custom VJP `algorithm.conv(x, w, b, plan)`.
 """
 
@@ -34,15 +38,16 @@ from jaxconv import _args
 from jaxconv import compile as compiling
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.conv import buffers, depthwise, im2col, pointwise, policy, rows, taps, transpose
-from jaxconv.conv.geometry import Plan, conv_geometry, lax_sum_dtype
+from jaxconv.conv.geometry import PADDING_MODES, Plan, conv_geometry, lax_sum_dtype
 from jaxconv.conv.guard import guarded
 from jaxconv.conv.policy import ALGORITHMS, TUNED, hand_algorithm, resolve_impl, rows_block, taps_chunk
 from jaxconv.conv.shard import same_varying_axes
+from jaxconv.conv.nd import conv1d, conv3d
 from jaxconv.conv.transpose import transpose_geometry
+from jaxconv.conv.transpose_nd import conv_transpose1d, conv_transpose3d
 
 IMPLS = ("auto", "lax", "hand", "hand_autodiff")
 TRANSPOSE_IMPLS = ("auto", "lax", "hand")
-PADDING_MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # PyTorch's name: jnp.pad's
 _HAND = {"im2col": im2col.conv, "rows": rows.conv, "taps": taps.conv}
 _EXACT = {"im2col": im2col.conv, "depthwise": depthwise.conv, "pointwise": pointwise.conv}  # read window pixels only: no NaN guard
 
@@ -54,8 +59,14 @@ __all__ = [
     "TUNED",
     "PADDING_MODES",
     "TRANSPOSE_IMPLS",
+    "conv1d",
     "conv2d",
+    "conv3d",
+    "conv_nd",
+    "conv_transpose1d",
     "conv_transpose2d",
+    "conv_transpose3d",
+    "conv_transpose_nd",
     "conv_geometry",
     "conv_output_size",
     "hand_algorithm",
@@ -253,3 +264,35 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
         x, w, b = same_varying_axes(x, w, b)
         y = transpose.hand(x, w, b, plan, extra, out_shape)
     return y[0] if single else y
+
+
+def _spatial_rank(w, op):
+    """N, the number of spatial axes, from the filter's rank N + 2 (1, 2 or 3)."""
+    N = getattr(w, "ndim", 0) - 2
+    if N not in (1, 2, 3):
+        raise ValueError(
+            f"{op}: `w` must be a filter of rank 3 (WIO), 4 (HWIO) or 5 (DHWIO), got shape {getattr(w, 'shape', None)}; "
+            f"its rank picks conv1d, conv2d or conv3d."
+        )
+    return N
+
+
+def conv_nd(x, w, b=None, **kwargs):
+    """conv1d, conv2d or conv3d, picked by the filter's rank: w (*f, n_C / groups, n_C') with 1, 2 or 3 spatial axes.
+
+    x: (m, *n, n_C) or one example (*n, n_C); keyword arguments as the op it picks takes them
+    (`algorithm` only for 2-D). Returns (m, *n', n_C').
+
+    >>> conv_nd(jnp.ones((2, 8, 3)), jnp.ones((3, 3, 5))).shape
+    (2, 6, 5)
+    """
+    return {1: conv1d, 2: conv2d, 3: conv3d}[_spatial_rank(w, "conv_nd")](x, w, b, **kwargs)
+
+
+def conv_transpose_nd(x, w, b=None, **kwargs):
+    """conv_transpose1d, conv_transpose2d or conv_transpose3d, picked by the filter's rank: w (*f, n_C' / groups, n_C).
+
+    >>> conv_transpose_nd(jnp.ones((2, 4, 3)), jnp.ones((3, 5, 3)), stride=2).shape
+    (2, 9, 5)
+    """
+    return {1: conv_transpose1d, 2: conv_transpose2d, 3: conv_transpose3d}[_spatial_rank(w, "conv_transpose_nd")](x, w, b, **kwargs)

@@ -17,6 +17,9 @@ from jaxconv import _args
 
 Pair = Tuple[int, int]
 
+# PyTorch's padding modes, by their names there, and jnp.pad's name for each (None: lax's zero padding).
+PADDING_MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
 
 class Plan(NamedTuple):
     """How to run one convolution: its geometry and the algorithm's tile size.
@@ -135,8 +138,8 @@ def acc_dtype(dtype):
 
 def bias_grad(dZ, dtype=None):
     """db[o] = Σ_{m,h,w} dZ[m, h, w, o]: dZ (m, n_H', n_W', n_C') -> (n_C',), summed in `acc_dtype`, cast to `dtype`
-    (default dZ's). The bias gradient of every convolution here."""
-    return dZ.sum(axis=(0, 1, 2), dtype=acc_dtype(dZ.dtype)).astype(dtype or dZ.dtype)
+    (default dZ's). The bias gradient of every convolution here, of any number of spatial axes (all but the last)."""
+    return dZ.sum(axis=tuple(range(dZ.ndim - 1)), dtype=acc_dtype(dZ.dtype)).astype(dtype or dZ.dtype)
 
 
 def lax_sum_dtype(dtype):

@@ -50,6 +50,8 @@ TUNED = MappingProxyType({
     "lax_min_channels": 8,
     # guard: the most patch bytes for its im2col branch over the whole batch. Benchmark: docs/benchmarks.md#guard-chunk
     "guard_whole_batch_bytes": 24 << 20,
+    # auto, conv3d on CPU: the most input channels for hand-rolled im2col over lax. Benchmark: docs/benchmarks.md#conv-nd
+    "nd_hand_max_channels": 4,
 })
 
 

@@ -4,12 +4,13 @@ Everything here is written straight from the definitions in the notes, with
 loops over filter taps, windows and pixels, and shares no code with the rest
 of jaxconv (not even argument checking), so a test that compares the two
 compares two independent readings of the same formula. One module per family:
-`conv` (convolution, its adjoint, the transposed convolution), `pool`, `nn`
+`conv` (convolution, its adjoint, the transposed convolution; 2-D and N-D), `pool`, `nn`
 (dense, activations, losses), `norm` (layer, group, instance normalisation),
 `upsampling` (interpolation, pixel shuffle); `common` holds the tolerances and
 the argument normalisation they share.
 
-Layout: x NHWC (m, n_H, n_W, n_C), w HWIO (f_H, f_W, n_C / G, n_C'); the norms and
+Layout: x NHWC (m, n_H, n_W, n_C), w HWIO (f_H, f_W, n_C / G, n_C') (the N-D conv: x (m, *n, n_C),
+w (*f, n_C / G, n_C'), NWC/WIO in 1-D, NDHWC/DHWIO in 3-D); the norms and
 interpolation take any number of spatial axes, channels last: (m, *spatial, n_C).
 Every function returns float64 NumPy arrays. Arguments are assumed valid.
 
@@ -17,7 +18,7 @@ Tolerances per dtype live in `TOLERANCES`, in one place; `tol(dtype)` reads it.
 """
 
 from jaxconv.reference.common import TOLERANCES, batched, out_size, pad, pads_of, pair, tol
-from jaxconv.reference.conv import conv2d, conv2d_vjp, conv_transpose2d
+from jaxconv.reference.conv import conv2d, conv2d_vjp, conv_nd, conv_nd_vjp, conv_transpose2d, conv_transpose_nd, pads_nd
 from jaxconv.reference.nn import (
     activation_grad,
     dense,
@@ -76,7 +77,10 @@ __all__ = [
     "batched",
     "conv2d",
     "conv2d_vjp",
+    "conv_nd",
+    "conv_nd_vjp",
     "conv_transpose2d",
+    "conv_transpose_nd",
     "dense",
     "elu",
     "gelu",
@@ -93,6 +97,7 @@ __all__ = [
     "out_size",
     "output_size",
     "pad",
+    "pads_nd",
     "pads_of",
     "pair",
     "pixel_shuffle",
