@@ -31,8 +31,6 @@ from jax import lax
 from jaxconv import _args
 from jaxconv.pool import adaptive_max_axis, adaptive_windows
 
-# The names errors give the spatial axes, by their number.
-AXIS_NAMES = {1: ("width",), 2: ("height", "width"), 3: ("depth", "height", "width")}
 # The layout each pooling rank reads and writes, channels last.
 SHAPES = {1: "(m, n_W, n_C) or (n_W, n_C) (NWC)", 3: "(m, n_D, n_H, n_W, n_C) or (n_D, n_H, n_W, n_C) (NDHWC)"}
 
@@ -56,56 +54,18 @@ def check_rank_nd(x, k, op):
     return (x[None], True) if ndim == k + 1 else (x, False)
 
 
-def spatial_tuple(value, k, name, op, *, minimum):
-    """An int, or one int per spatial axis, as a k-tuple of Python ints >= minimum."""
-    form = "an int" + ("" if k == 1 else f" or a tuple of {k} ints (one per spatial axis)")
-    values = (value,) * k if _args.is_integer(value) else value
-    if not isinstance(values, (tuple, list)) or len(values) != k or not all(_args.is_integer(v) for v in values):
-        raise TypeError(f"{op}: `{name}` must be {form}, got {value!r}.")
-    values = tuple(int(v.__index__()) for v in values)
-    if min(values) < minimum:
-        raise ValueError(f"{op}: `{name}` must be >= {minimum}, got {value!r}; use {name}={minimum} or larger.")
-    return values
-
-
-def padding_nd(padding, k, op, *, n, f, s, d):
-    """Any padding form over k spatial axes as ((lo, hi), ...): p, one int per axis, one (lo, hi) per axis,
-    "VALID" or "SAME" (output ⌈n/s⌉, an odd extra at the high end, as `conv2d`)."""
-    if isinstance(padding, str):
-        if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"{op}: unknown `padding` string {padding!r}. It needs to be one of ['SAME', 'VALID'], or ints.")
-        if padding.upper() == "VALID":
-            return ((0, 0),) * k
-        totals = [max((-(-n_i // s_i) - 1) * s_i + d_i * (f_i - 1) + 1 - n_i, 0) for n_i, f_i, s_i, d_i in zip(n, f, s, d)]
-        return tuple((t // 2, t - t // 2) for t in totals)
-    pads = None
-    if _args.is_integer(padding):
-        pads = ((int(padding.__index__()),) * 2,) * k
-    elif isinstance(padding, (tuple, list)) and len(padding) == k:
-        if all(_args.is_integer(p) for p in padding):
-            pads = tuple((int(p.__index__()),) * 2 for p in padding)
-        elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_args.is_integer(q) for q in p) for p in padding):
-            pads = tuple((int(lo.__index__()), int(hi.__index__())) for lo, hi in padding)
-    if pads is None:
-        per_axis = "(p,) or ((lo, hi),)" if k == 1 else f"{k} ints (one per axis), {k} pairs ((lo, hi), ...)"
-        raise TypeError(f"{op}: `padding` must be an int, {per_axis}, 'SAME' or 'VALID', got {padding!r}.")
-    if min(min(pp) for pp in pads) < 0:
-        raise ValueError(f"{op}: `padding` must be non-negative, got {padding!r}; crop the input instead of padding it negatively.")
-    return pads
-
-
 def pool_geometry_nd(x_shape, window, stride, padding, op, dilation=1, ceil_mode=False):
     """Check a pool's arguments for x (m, *spatial, n_C); return (f, s, d, pads, out_shape), each per axis."""
     k = len(x_shape) - 2
-    f = spatial_tuple(window, k, "window", op, minimum=1)
-    s = f if stride is None else spatial_tuple(stride, k, "stride", op, minimum=1)
-    d = spatial_tuple(dilation, k, "dilation", op, minimum=1)
+    f = _args.ntuple(window, "window", op, n=k, minimum=1)
+    s = f if stride is None else _args.ntuple(stride, "stride", op, n=k, minimum=1)
+    d = _args.ntuple(dilation, "dilation", op, n=k, minimum=1)
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"{op}: `ceil_mode` must be True or False, got {ceil_mode!r}.")
     spatial = tuple(x_shape[1:-1])
-    pads = padding_nd(padding, k, op, n=spatial, f=f, s=s, d=d)
+    pads = _args.padding_tuples(padding, op, n=spatial, f=f, s=s, d=d)
     n_out = []
-    for axis, n_i, f_i, (lo, hi), s_i, d_i in zip(AXIS_NAMES.get(k, range(k)), spatial, f, pads, s, d):
+    for axis, n_i, f_i, (lo, hi), s_i, d_i in zip(_args.SPATIAL_AXES.get(k, range(k)), spatial, f, pads, s, d):
         if max(lo, hi) > f_i // 2:
             raise ValueError(
                 f"{op}: padding ({lo}, {hi}) in {axis} must be at most half the window (f={f_i}), as PyTorch's; "
@@ -330,7 +290,7 @@ def adaptive_sizes(x_shape, output_size, op):
     if 0 in x_shape[1:-1]:
         raise ValueError(f"{op}: `x` must have every spatial size >= 1 to pool adaptively (as PyTorch), got shape {tuple(x_shape)}; drop empty inputs before pooling.")
     sizes = tuple(n if o is None else o for n, o in zip(x_shape[1:-1], sizes))
-    return spatial_tuple(sizes, k, "output_size", op, minimum=1)
+    return _args.ntuple(sizes, "output_size", op, n=k, minimum=1)
 
 
 def _adaptive_avg_pool(op, k, x, output_size):
