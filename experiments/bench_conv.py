@@ -193,13 +193,14 @@ def measure(args):
     return rows
 
 
-def format_table(rows):
+def format_table(rows, impl_width: int = 22):
+    """The rows as a Markdown table: layer, impl, pass, ms, time / lax, what auto picks (also bench_conv_nd.py's)."""
     lines = [
-        f"| {'layer':13s} | {'impl':22s} | pass    |      ms | time / lax | auto |",
-        f"|{'-' * 15}|{'-' * 24}|---------|--------:|-----------:|------|",
+        f"| {'layer':13s} | {'impl':{impl_width}s} | pass    |      ms | time / lax | auto |",
+        f"|{'-' * 15}|{'-' * (impl_width + 2)}|---------|--------:|-----------:|------|",
     ]
     for r in rows:
-        lines.append(f"| {r['layer']:13s} | {r['impl']:22s} | {r['pass']:7s} | {r['ms']:7.2f} | {r['vs_lax']:9.2f}x | {r['auto']:4s} |")
+        lines.append(f"| {r['layer']:13s} | {r['impl']:{impl_width}s} | {r['pass']:7s} | {r['ms']:7.2f} | {r['vs_lax']:9.2f}x | {r['auto']:4s} |")
     return "\n".join(lines)
 
 

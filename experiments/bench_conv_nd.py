@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
+import bench_conv  # noqa: E402  (its table format)
 
 
 def layers(quick: bool):
@@ -114,13 +115,7 @@ def measure(args):
 
 
 def format_table(rows):
-    lines = [
-        f"| {'layer':13s} | {'impl':13s} | pass    |      ms | time / lax | auto |",
-        f"|{'-' * 15}|{'-' * 15}|---------|--------:|-----------:|------|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['layer']:13s} | {r['impl']:13s} | {r['pass']:7s} | {r['ms']:7.2f} | {r['vs_lax']:9.2f}x | {r['auto']:4s} |")
-    return "\n".join(lines)
+    return bench_conv.format_table(rows, impl_width=13)
 
 
 def main(argv=None):
