@@ -37,6 +37,8 @@ def temporal_resnet(in_channels: int = 1, num_classes: int = 10, widths=(16, 32,
     """
     op = "temporal_resnet"
     widths = _check_widths(op, widths)
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"{op}: `blocks` must be an int >= 1 (basic blocks per stage), got {blocks!r}.")
 
     def conv(n_C, f, stride, padding):
         return Conv1D(n_C, f, stride=stride, padding=padding, use_bias=False, impl=impl, dtype=dtype, compute_dtype=compute_dtype)
