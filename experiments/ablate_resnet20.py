@@ -258,7 +258,7 @@ def check_full_networks():
     real = count_params(jax.eval_shape(lambda key: resnet20().init(key, (-1, 32, 32, 3))[1], jax.random.key(0)))
     if not mine == real == RESNET20_PARAMS:
         raise RuntimeError(f"ablate_resnet20: resnet20_variant() has {mine:,} params, models.resnet20() {real:,}, "
-                           f"expected {RESNET20_PARAMS:,}: rebuild resnet20_variant from jaxconv/models.py's resnet20.")
+                           f"expected {RESNET20_PARAMS:,}: rebuild resnet20_variant from jaxconv/models/resnet.py's resnet20.")
     if mine_torch is not None and mine_torch != RESNET20_PARAMS:
         raise RuntimeError(f"ablate_resnet20: torch_resnet20_variant() has {mine_torch:,} params, expected {RESNET20_PARAMS:,} "
                            f"(benchmark.py's torch ResNet-20): rebuild it from benchmark.torch_resnet_step.")

@@ -10,11 +10,14 @@ Layouts (PyTorch -> jaxconv; the reverse is the inverse permutation):
 - Conv2d weight (n_C', n_C/groups, f_H, f_W) OIHW -> HWIO (f_H, f_W, n_C/groups, n_C'): `permute(2, 3, 1, 0)`.
 - ConvTranspose2d weight (n_C, n_C'/groups, f_H, f_W) -> (f_H, f_W, n_C'/groups, n_C): the same
   permutation (jaxconv's conv_transpose2d takes the HWIO filter of the conv2d it transposes).
+- Conv1d/Conv3d and ConvTranspose1d/3d alike, per spatial rank: OIW -> WIO `permute(2, 1, 0)`,
+  OIDHW -> DHWIO `permute(2, 3, 4, 1, 0)`.
 - Linear weight (n_out, n_in) -> (n_in, n_out). The first Linear after a flatten of an
   (n_C, n_H, n_W) activation also reorders its inputs: PyTorch flattens NCHW (index c·n_H·n_W +
-  h·n_W + w), jaxconv flattens NHWC (index h·n_W·n_C + w·n_C + c). The name map reads (n_H, n_W, n_C)
-  off the activation shapes the model's layers predict (those `jaxconv.summary` prints).
-- BatchNorm2d weight, bias -> params gamma, beta; running_mean, running_var -> state mean, var.
+  h·n_W + w), jaxconv flattens NHWC (index h·n_W·n_C + w·n_C + c); likewise NCDHW vs NDHWC. The
+  name map reads (*spatial, n_C) off the activation shapes the model's layers predict (those
+  `jaxconv.summary` prints).
+- BatchNorm1d/2d/3d weight, bias -> params gamma, beta; running_mean, running_var -> state mean, var.
   num_batches_tracked is dropped on import and written on export as `num_batches_tracked`
   (an int64 scalar, 0 unless given).
 - GroupNorm, LayerNorm, InstanceNorm1d/2d/3d weight, bias -> params gamma, beta (recognised by the

@@ -22,8 +22,8 @@ class NameRow(NamedTuple):
     """One tensor: its PyTorch state_dict name, its jaxconv path, and how it is converted.
 
     collection: "params" or "state" (where the jaxconv leaf lives), or "count" for BatchNorm's
-    num_batches_tracked (no jaxconv leaf). flatten: (n_H, n_W, n_C) of the activation that was
-    flattened before this dense layer, or None.
+    num_batches_tracked (no jaxconv leaf). flatten: (*spatial, n_C) of the activation that was
+    flattened before this dense layer ((n_H, n_W, n_C) in 2-D), or None.
     """
 
     torch_name: str  # e.g. "conv1.weight"
@@ -32,7 +32,7 @@ class NameRow(NamedTuple):
     conversion: str  # a key of CONVERSIONS
     torch_shape: tuple
     jax_shape: tuple
-    flatten: tuple | None = None
+    flatten: tuple | None = None  # (*spatial, n_C)
 
 
 class NameMap(tuple):
@@ -63,16 +63,18 @@ def _conv_to_torch(w, flatten=None):  # *spatial I O (HWIO) -> O I *spatial (OIH
 def _dense_from_torch(w, flatten=None):  # (n_out, n_in) -> (n_in, n_out)
     if flatten is None:
         return w.T
-    n_H, n_W, n_C = flatten
-    # PyTorch's input index is (c, h, w) row-major; ours is (h, w, c).
-    return w.reshape(w.shape[0], n_C, n_H, n_W).transpose(2, 3, 1, 0).reshape(n_H * n_W * n_C, w.shape[0])
+    *spatial, n_C = flatten
+    k = len(spatial)
+    # PyTorch's input index is (c, *spatial) row-major (c, h, w in 2-D); ours is (*spatial, c).
+    return w.reshape(w.shape[0], n_C, *spatial).transpose(*range(2, k + 2), 1, 0).reshape(-1, w.shape[0])
 
 
 def _dense_to_torch(w, flatten=None):  # (n_in, n_out) -> (n_out, n_in)
     if flatten is None:
         return w.T
-    n_H, n_W, n_C = flatten
-    return w.reshape(n_H, n_W, n_C, w.shape[1]).transpose(3, 2, 0, 1).reshape(w.shape[1], n_C * n_H * n_W)
+    *spatial, n_C = flatten
+    k = len(spatial)
+    return w.reshape(*spatial, n_C, w.shape[1]).transpose(k + 1, k, *range(k)).reshape(w.shape[1], -1)
 
 
 def _copy(w, flatten=None):
@@ -103,11 +105,22 @@ def _torch_shape(conversion, jax_shape, flatten):
     return tuple(to_torch_fn(np.empty(jax_shape, np.uint8), flatten).shape)
 
 
+# The layouts of a filter with 1, 2 or 3 spatial axes, PyTorch's and jaxconv's (see jaxconv.LAYOUTS).
+_FILTER_LAYOUTS = {1: ("OIW", "WIO"), 2: ("OIHW", "HWIO"), 3: ("OIDHW", "DHWIO")}
+_ACTIVATION_LAYOUTS = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
+
+
 def _describe(row: NameRow) -> str:
     text = CONVERSIONS[row.conversion][2]
+    k = len(row.jax_shape) - 2  # spatial axes of a filter
+    if row.conversion in ("conv", "conv_transpose") and k != 2:  # the 2-D text is in CONVERSIONS
+        torch_form, ours = _FILTER_LAYOUTS[k]
+        torch_form = torch_form if row.conversion == "conv" else f"(n_C, n_C'/g, {', '.join('f_' + a for a in ours[:-2])})"
+        text = f"{torch_form} -> {ours}, permute({', '.join(map(str, (*range(2, k + 2), 1, 0)))})"
     if row.flatten is not None:
-        n_H, n_W, n_C = row.flatten
-        text += f", inputs NCHW-flattened ({n_C}, {n_H}, {n_W}) -> NHWC ({n_H}, {n_W}, {n_C})"
+        *spatial, n_C = row.flatten
+        torch_form, ours = _ACTIVATION_LAYOUTS.get(len(spatial), ("N, C, *spatial", "N, *spatial, C"))
+        text += f", inputs {torch_form}-flattened {(n_C, *spatial)} -> {ours} {tuple(row.flatten)}"
     return text
 
 
@@ -123,7 +136,8 @@ def _kinds(layer, prefix=()) -> dict:
 
 
 def _flatten_inputs(model, input_shape, params_like) -> dict:
-    """{top-level layer name: (n_H, n_W, n_C)} for each dense layer fed by a Flatten of a 4-D activation.
+    """{top-level layer name: (*spatial, n_C)} for each dense layer fed by a Flatten of an activation with
+    spatial axes ((n_H, n_W, n_C) in 2-D).
 
     The activation shapes are the ones `init` predicts layer by layer (the shapes `jaxconv.summary`
     prints), traced on shapes only, so no model is hard-coded and no layer is applied.
@@ -143,8 +157,8 @@ def _flatten_inputs(model, input_shape, params_like) -> dict:
     jax.eval_shape(trace, jax.random.key(0))
     out, pending = {}, None
     for name, child, shape in inputs:
-        if getattr(child, "kind", "") == "flatten" and len(shape) == 4:
-            pending = tuple(shape[1:])  # (n_H, n_W, n_C)
+        if getattr(child, "kind", "") == "flatten" and len(shape) >= 3:
+            pending = tuple(shape[1:])  # (*spatial, n_C): (n_H, n_W, n_C) in 2-D
         elif jax.tree.leaves(params_like.get(name, {})) and pending is not None:
             out[name] = pending  # the first layer with params after the flatten
             pending = None
@@ -167,14 +181,14 @@ def name_map(model, input_shape, mapping: Mapping | None = None) -> NameMap:
 
     Args:
       model: a jaxconv Layer (e.g. `models.lenet5()`); its params come from `init` on shapes only.
-      input_shape: (m, n_H, n_W, n_C), m may be -1.
+      input_shape: (m, n_H, n_W, n_C), m may be -1; (m, n_W, n_C) or (m, n_D, n_H, n_W, n_C) for a 1-D or 3-D model.
       mapping: {PyTorch module name: jaxconv layer path}, e.g. {"features.0": "conv1"}, paths with
         keys joined by "."; it must name every jaxconv layer that has params. None: the PyTorch
         module names equal the jaxconv paths ("conv1", "stage2.block1.conv_a").
 
-    Layers are recognised by their params: {"w"[, "b"]} with a 3- to 5-D w is a convolution (a transposed
-    one if the layer's kind says "transpose"), with a 2-D w a dense layer; {"gamma", "beta"} is a
-    BatchNorm, whose state {"mean", "var"} maps to running_mean / running_var, or, by the layer's kind,
+    Layers are recognised by their params: {"w"[, "b"]} with a 3- to 5-D w is a convolution (Conv1d, 2d or 3d;
+    a transposed one if the layer's kind says "transpose"), with a 2-D w a dense layer; {"gamma", "beta"} is a
+    BatchNorm (1d, 2d or 3d), whose state {"mean", "var"} maps to running_mean / running_var, or, by the layer's kind,
     a LayerNorm / GroupNorm / InstanceNorm (weight, bias; an InstanceNorm's tracked statistics, also
     without affine params, map to running_mean / running_var / num_batches_tracked). A LayerNorm over
     (*spatial, n_C) has PyTorch's weight (n_C, *spatial) (LayerNorm([n_C, n_H, n_W]) on NCHW).

@@ -24,10 +24,14 @@ def _check_fraction(op, name, value, closed):
 
 
 def _channels(op, input_shape):
-    """(input_shape as a tuple, n_C): BatchNorm takes (m, n_H, n_W, n_C) or (m, n)."""
+    """(input_shape as a tuple, n_C): BatchNorm takes (m, n) or (m, *spatial, n_C) with 1 to 3 spatial axes
+    (PyTorch's BatchNorm1d, 2d and 3d, channels last)."""
     shape = tuple(input_shape)
-    if len(shape) not in (2, 4) or not all(isinstance(n, int) for n in shape):
-        raise ValueError(f"{op}: `input_shape` must be (m, n_H, n_W, n_C) or (m, n) (batch axis first, -1 allowed), got {input_shape!r}.")
+    if len(shape) not in (2, 3, 4, 5) or not all(isinstance(n, int) for n in shape):
+        raise ValueError(
+            f"{op}: `input_shape` must be (m, n_H, n_W, n_C), (m, n) or another rank from (m, n_W, n_C) to "
+            f"(m, n_D, n_H, n_W, n_C) (batch axis first, -1 allowed), got {input_shape!r}."
+        )
     return shape, shape[-1]
 
 
@@ -41,7 +45,7 @@ def _running_update(state, mean, var, n, momentum):
 
 
 def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, dtype=None, compute_dtype=None) -> Layer:
-    """Batch normalisation over every axis but the channels: (m, n_H, n_W, n_C) or (m, n).
+    """Batch normalisation over every axis but the channels: (m, n_H, n_W, n_C), (m, n), (m, n_W, n_C) or (m, n_D, n_H, n_W, n_C).
 
     y = gamma · (x − μ) / sqrt(σ² + eps) + beta, with μ, σ² the batch's mean and (biased)
     variance per channel in train mode, the running ones in eval mode (PyTorch's semantics).

@@ -1,66 +1,141 @@
-"""The layers without parameters that change the shape: pooling, GlobalAvgPool and Flatten."""
+"""The layers without parameters that change the shape: pooling in 1-, 2- and 3-D, GlobalAvgPool and Flatten.
+
+One builder per family, parameterised by the number of spatial axes N (`_window_pool`, `_adaptive_pool`,
+`_global_pool`); the 2-D layers (MaxPool, AvgPool, ...) read (m, n_H, n_W, n_C), the 1-D ones
+(MaxPool1D, ...) NWC (m, n_W, n_C), the 3-D ones (MaxPool3D, ...) NDHWC (m, n_D, n_H, n_W, n_C).
+"""
 
 from __future__ import annotations
 
 import math
 
-from jaxconv import nn, pool
+from jaxconv import nn, pool, pool_nd
+from jaxconv.conv.nd import x_form
 from jaxconv.layers.core import Layer, check_shape, parameter_free, with_batch
 
-_NHWC = "(m, n_H, n_W, n_C)"
+# The shape checks of each number of spatial axes: 2-D keeps `jaxconv.pool`'s, 1-D and 3-D share `pool_nd`'s.
+POOL_GEOMETRY = {1: pool_nd.pool_geometry_nd, 2: pool.pool_geometry, 3: pool_nd.pool_geometry_nd}
+ADAPTIVE_SIZES = {1: pool_nd.adaptive_sizes, 2: pool.adaptive_output_size, 3: pool_nd.adaptive_sizes}
 
 
-def _window_pool(op, fn, window, stride, padding, geometry, **extra) -> Layer:
+def _window_pool(op, N, fn, window, stride, padding, geometry, **extra) -> Layer:
     """A pooling layer over windows; `geometry` holds the options that change the output shape (dilation, ceil_mode)."""
 
     def output_shape(input_shape):
-        shape = check_shape(op, input_shape, 4, _NHWC)
-        *_, out_shape = pool.pool_geometry(with_batch(shape), window, stride, padding, op, **geometry)
+        shape = check_shape(op, input_shape, N + 2, x_form(N))
+        *_, out_shape = POOL_GEOMETRY[N](with_batch(shape), window, stride, padding, op, **geometry)
         return (shape[0], *out_shape[1:])
 
     return parameter_free(op, "pool", output_shape, lambda x: fn(x, window, stride, padding, **geometry, **extra))
 
 
-def MaxPool(window=2, stride=None, padding=0, dilation=1, ceil_mode=False) -> Layer:
-    """Max pooling layer (no parameters); stride defaults to the window. Options as for `pool.max_pool`."""
-    return _window_pool("MaxPool", pool.max_pool, window, stride, padding, dict(dilation=dilation, ceil_mode=ceil_mode))
+def _max_pool(op, N, fn, window, stride, padding, dilation, ceil_mode) -> Layer:
+    return _window_pool(op, N, fn, window, stride, padding, dict(dilation=dilation, ceil_mode=ceil_mode))
 
 
-def AvgPool(window=2, stride=None, padding=0, count_include_pad=True, ceil_mode=False, divisor_override=None) -> Layer:
-    """Average pooling layer (no parameters); stride defaults to the window. Options as for `pool.avg_pool`."""
-    return _window_pool(
-        "AvgPool", pool.avg_pool, window, stride, padding, dict(ceil_mode=ceil_mode),
-        count_include_pad=count_include_pad, divisor_override=divisor_override,
-    )
+def _avg_pool(op, N, fn, window, stride, padding, count_include_pad, ceil_mode, divisor_override) -> Layer:
+    return _window_pool(op, N, fn, window, stride, padding, dict(ceil_mode=ceil_mode),
+                        count_include_pad=count_include_pad, divisor_override=divisor_override)
 
 
-def _adaptive_pool(op, fn, output_size) -> Layer:
+def _adaptive_pool(op, N, fn, output_size) -> Layer:
     def output_shape(input_shape):
-        shape = check_shape(op, input_shape, 4, _NHWC)
-        return (shape[0], *pool.adaptive_output_size(shape, output_size, op), shape[3])
+        shape = check_shape(op, input_shape, N + 2, x_form(N))
+        return (shape[0], *ADAPTIVE_SIZES[N](shape, output_size, op), shape[-1])
 
     return parameter_free(op, "pool", output_shape, lambda x: fn(x, output_size))
 
 
+def _global_pool(op, N, fn) -> Layer:
+    def output_shape(input_shape):
+        shape = check_shape(op, input_shape, N + 2, x_form(N))
+        return (shape[0], shape[-1])
+
+    return parameter_free(op, "gap", output_shape, fn)
+
+
+# ----------------------------------------------------------------------------- 2-D: (m, n_H, n_W, n_C)
+
+
+def MaxPool(window=2, stride=None, padding=0, dilation=1, ceil_mode=False) -> Layer:
+    """Max pooling layer (no parameters); stride defaults to the window. Options as for `pool.max_pool`."""
+    return _max_pool("MaxPool", 2, pool.max_pool, window, stride, padding, dilation, ceil_mode)
+
+
+def AvgPool(window=2, stride=None, padding=0, count_include_pad=True, ceil_mode=False, divisor_override=None) -> Layer:
+    """Average pooling layer (no parameters); stride defaults to the window. Options as for `pool.avg_pool`."""
+    return _avg_pool("AvgPool", 2, pool.avg_pool, window, stride, padding, count_include_pad, ceil_mode, divisor_override)
+
+
 def AdaptiveAvgPool(output_size) -> Layer:
     """(m, n_H, n_W, n_C) -> (m, n_H', n_W', n_C) by averaging PyTorch's adaptive windows; see `pool.adaptive_avg_pool`."""
-    return _adaptive_pool("AdaptiveAvgPool", pool.adaptive_avg_pool, output_size)
+    return _adaptive_pool("AdaptiveAvgPool", 2, pool.adaptive_avg_pool, output_size)
 
 
 def AdaptiveMaxPool(output_size) -> Layer:
     """(m, n_H, n_W, n_C) -> (m, n_H', n_W', n_C), the max of PyTorch's adaptive windows; see `pool.adaptive_max_pool`."""
-    return _adaptive_pool("AdaptiveMaxPool", pool.adaptive_max_pool, output_size)
+    return _adaptive_pool("AdaptiveMaxPool", 2, pool.adaptive_max_pool, output_size)
 
 
 def GlobalAvgPool() -> Layer:
     """(m, n_H, n_W, n_C) -> (m, n_C), the mean over space."""
-    op = "GlobalAvgPool"
+    return _global_pool("GlobalAvgPool", 2, pool.global_avg_pool)
 
-    def output_shape(input_shape):
-        shape = check_shape(op, input_shape, 4, _NHWC)
-        return (shape[0], shape[3])
 
-    return parameter_free(op, "gap", output_shape, pool.global_avg_pool)
+# ----------------------------------------------------------------------------- 1-D: (m, n_W, n_C)
+
+
+def MaxPool1D(window=2, stride=None, padding=0, dilation=1, ceil_mode=False) -> Layer:
+    """Max pooling along n_W (no parameters); stride defaults to the window. Options as for `max_pool1d`."""
+    return _max_pool("MaxPool1D", 1, pool_nd.max_pool1d, window, stride, padding, dilation, ceil_mode)
+
+
+def AvgPool1D(window=2, stride=None, padding=0, count_include_pad=True, ceil_mode=False, divisor_override=None) -> Layer:
+    """Average pooling along n_W (no parameters); stride defaults to the window. Options as for `avg_pool1d`."""
+    return _avg_pool("AvgPool1D", 1, pool_nd.avg_pool1d, window, stride, padding, count_include_pad, ceil_mode, divisor_override)
+
+
+def AdaptiveAvgPool1D(output_size) -> Layer:
+    """(m, n_W, n_C) -> (m, n_W', n_C) by averaging PyTorch's adaptive windows; see `adaptive_avg_pool1d`."""
+    return _adaptive_pool("AdaptiveAvgPool1D", 1, pool_nd.adaptive_avg_pool1d, output_size)
+
+
+def AdaptiveMaxPool1D(output_size) -> Layer:
+    """(m, n_W, n_C) -> (m, n_W', n_C), the max of PyTorch's adaptive windows; see `adaptive_max_pool1d`."""
+    return _adaptive_pool("AdaptiveMaxPool1D", 1, pool_nd.adaptive_max_pool1d, output_size)
+
+
+def GlobalAvgPool1D() -> Layer:
+    """(m, n_W, n_C) -> (m, n_C), the mean over the sequence."""
+    return _global_pool("GlobalAvgPool1D", 1, pool_nd.global_avg_pool1d)
+
+
+# ----------------------------------------------------------------------------- 3-D: (m, n_D, n_H, n_W, n_C)
+
+
+def MaxPool3D(window=2, stride=None, padding=0, dilation=1, ceil_mode=False) -> Layer:
+    """Max pooling over (n_D, n_H, n_W) (no parameters); stride defaults to the window. Options as for `max_pool3d`."""
+    return _max_pool("MaxPool3D", 3, pool_nd.max_pool3d, window, stride, padding, dilation, ceil_mode)
+
+
+def AvgPool3D(window=2, stride=None, padding=0, count_include_pad=True, ceil_mode=False, divisor_override=None) -> Layer:
+    """Average pooling over (n_D, n_H, n_W) (no parameters); stride defaults to the window. Options as for `avg_pool3d`."""
+    return _avg_pool("AvgPool3D", 3, pool_nd.avg_pool3d, window, stride, padding, count_include_pad, ceil_mode, divisor_override)
+
+
+def AdaptiveAvgPool3D(output_size) -> Layer:
+    """(m, n_D, n_H, n_W, n_C) -> (m, n_D', n_H', n_W', n_C) by averaging adaptive windows; see `adaptive_avg_pool3d`."""
+    return _adaptive_pool("AdaptiveAvgPool3D", 3, pool_nd.adaptive_avg_pool3d, output_size)
+
+
+def AdaptiveMaxPool3D(output_size) -> Layer:
+    """(m, n_D, n_H, n_W, n_C) -> (m, n_D', n_H', n_W', n_C), the max of adaptive windows; see `adaptive_max_pool3d`."""
+    return _adaptive_pool("AdaptiveMaxPool3D", 3, pool_nd.adaptive_max_pool3d, output_size)
+
+
+def GlobalAvgPool3D() -> Layer:
+    """(m, n_D, n_H, n_W, n_C) -> (m, n_C), the mean over the volume."""
+    return _global_pool("GlobalAvgPool3D", 3, pool_nd.global_avg_pool3d)
 
 
 def Flatten() -> Layer:
