@@ -233,3 +233,18 @@ def test_error_messages():
         PixelShuffle(2).init(KEY, (1, 2, 2, 3))
     with pytest.raises(ValueError, match=r"pixel_unshuffle: r=2 must divide the height and width of x \(=3, 4\)"):
         PixelUnshuffle(2).init(KEY, (1, 3, 4, 1))
+
+
+def test_flatten_of_sequences_needs_spatial_dims():
+    """(m, n_W, n_C) has the rank of one image: Flatten() refuses it at init, Flatten(spatial_dims=1) flattens it
+    per example, and a single sequence (n_W, n_C) too."""
+    import jaxconv as jc
+
+    with pytest.raises(ValueError, match=r"Flatten.init: input_shape \(2, 5, 3\) is a batch of sequences .* Flatten\(spatial_dims=1\)"):
+        jc.Flatten().init(jax.random.key(0), (2, 5, 3))
+    layer = jc.Flatten(spatial_dims=1)
+    out_shape, params = layer.init(jax.random.key(0), (2, 5, 3))
+    x = jnp.arange(30.0).reshape(2, 5, 3)
+    assert out_shape == (2, 15) and layer.apply(params, x).shape == (2, 15)
+    np.testing.assert_array_equal(layer.apply(params, x[0]), np.arange(15.0))
+    assert jc.Flatten().init(jax.random.key(0), (2, 4, 4, 3))[0] == (2, 48)  # images as before

@@ -138,11 +138,33 @@ def GlobalAvgPool3D() -> Layer:
     return _global_pool("GlobalAvgPool3D", 3, pool_nd.global_avg_pool3d)
 
 
-def Flatten() -> Layer:
-    """(m, n_H, n_W, n_C) -> (m, n_H·n_W·n_C)."""
+def Flatten(spatial_dims: int | None = None) -> Layer:
+    """(m, *spatial, n_C) -> (m, prod(spatial)·n_C), keeping the batch axis.
+
+    spatial_dims: the number of spatial axes (1 for sequences, 2 for images, 3 for volumes).
+    None, the default, is 2: apply then also takes one image (n_H, n_W, n_C) without the batch axis,
+    as `jaxconv.flatten` does. A batch of sequences (m, n_W, n_C) has the same rank as one image,
+    so for 1-D inputs pass spatial_dims=1 (init refuses a rank-3 input shape without it).
+    """
+    op = "Flatten"
+    if spatial_dims is not None and (isinstance(spatial_dims, bool) or spatial_dims not in (1, 2, 3)):
+        raise ValueError(f"{op}: `spatial_dims` must be 1, 2, 3 or None, got {spatial_dims!r}.")
 
     def output_shape(input_shape):
         shape = tuple(input_shape)
+        if spatial_dims is None and len(shape) == 3:
+            raise ValueError(
+                f"{op}.init: input_shape {shape} is a batch of sequences (m, n_W, n_C), which apply could not tell "
+                f"from one image (n_H, n_W, n_C); build the layer as Flatten(spatial_dims=1)."
+            )
+        if spatial_dims is not None and len(shape) != spatial_dims + 2:
+            raise ValueError(f"{op}.init: input_shape {shape} must have {spatial_dims} spatial axes (rank {spatial_dims + 2}).")
         return (shape[0], math.prod(shape[1:]))
 
-    return parameter_free("Flatten", "flatten", output_shape, nn.flatten)
+    def flatten(x):
+        if spatial_dims is None:
+            return nn.flatten(x)
+        batched = x.ndim == spatial_dims + 2  # else one example without its batch axis
+        return x.reshape(x.shape[0], math.prod(x.shape[1:])) if batched else x.reshape(math.prod(x.shape))
+
+    return parameter_free(op, "flatten", output_shape, flatten)
