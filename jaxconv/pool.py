@@ -380,7 +380,10 @@ def adaptive_max_axis(x, idx, axis, n_out):
     taps = np.minimum(taps, end[:, None] - 1)
     g = jnp.take(x, taps, axis=axis)  # axis replaced by (n', L)
     mask = valid.reshape((1,) * axis + valid.shape + (1,) * (x.ndim - axis - 1))
-    low = -jnp.inf if jnp.issubdtype(g.dtype, jnp.floating) else jnp.iinfo(g.dtype).min  # the identity of max
+    if jnp.issubdtype(g.dtype, jnp.floating):
+        low = -jnp.inf  # the identity of max
+    else:
+        low = False if g.dtype == jnp.bool_ else jnp.iinfo(g.dtype).min
     g = jnp.where(mask, g, jnp.array(low, g.dtype))
     k = jnp.expand_dims(jnp.argmax(g, axis=axis + 1), axis + 1)  # the first maximum in each window
     y = jnp.take_along_axis(g, k, axis=axis + 1).squeeze(axis + 1)
