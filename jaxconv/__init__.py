@@ -9,6 +9,9 @@ multi-device module).
 Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C').
 """
 
+# First: in the `jaxconv` command, Ctrl-C and SIGTERM are handled from before JAX is imported (jaxconv.interrupts).
+from jaxconv import interrupts  # noqa: F401
+
 from jaxconv import checkpoint, compile, data, devices, initializers, layers, models, parallel, reference, train
 from jaxconv._args import LAYOUT, conv_output_size
 from jaxconv.devices import cpu_devices
