@@ -4,8 +4,10 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -257,3 +259,32 @@ def test_any_integer_seed_gives_a_key_and_small_seeds_keep_theirs(seed):
 def test_a_huge_seed_trains(tmp_path):
     result = fit(TrainConfig(out=str(tmp_path / "run"), seed=2**31, **QUICK), **QUIET)
     assert 0.0 <= result["final_test_accuracy"] <= 1.0
+
+
+# --------------------------------------------------------------------------- signals (#25); 10 moments in test_faults
+
+
+def _signal_at(out, seconds, sig, after_start=False):
+    """`python -m jaxconv.cli train` (the command's own entry) sent `sig` `seconds` after it starts (or after its
+    config.json is written); (exit status, stderr)."""
+    args = ["train", "--limit", "96", "--batch-size", "32", "--epochs", "40", "--impl", "lax", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "jaxconv.cli", *args, "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    while after_start and not (out / "config.json").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(seconds)
+    proc.send_signal(sig)
+    stderr = proc.communicate(timeout=300)[1]
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("sig, seconds, after_start, start", [
+    (signal.SIGINT, 0.5, False, "jaxconv: interrupted while starting up; nothing was written"),  # importing JAX
+    (signal.SIGTERM, 0.5, False, "jaxconv: interrupted by SIGTERM while starting up; nothing was written"),
+    (signal.SIGTERM, 0.5, True, "jaxconv train: interrupted by SIGTERM at step "),  # compiling or training
+])
+def test_a_signal_at_any_moment_is_one_line_and_128_plus_its_number(tmp_path, sig, seconds, after_start, start):
+    returncode, stderr = _signal_at(tmp_path / "run", seconds, sig, after_start)
+    assert returncode == 128 + sig and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    [line] = stderr.strip().splitlines()
+    assert line.startswith(start), line
