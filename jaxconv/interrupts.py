@@ -35,7 +35,8 @@ from typing import Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the signals that stop a run cleanly
 
-_state = {"installed": False, "deferred": 0, "signum": None, "message": "jaxconv: interrupted",
+_state = {"installed": False, "deferred": 0, "signum": None,
+          "message": "jaxconv: interrupted while starting up; nothing was written",  # `set_message` names the run
           "again": "jaxconv: interrupted again; stopped at once"}
 
 
@@ -62,7 +63,8 @@ def install(message: Optional[str] = None) -> bool:
     if threading.current_thread() is not threading.main_thread():
         return False
     for signum in SIGNALS:
-        signal.signal(signum, _handler)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored (nohup, a shell's background job): left so
+            signal.signal(signum, _handler)
     _state["installed"] = True
     return True
 
