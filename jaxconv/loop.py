@@ -320,10 +320,22 @@ def _quiet(*args, **kwargs) -> None:
 
 
 def _complete(run: Run, log) -> dict:
-    """A resume of a run that has done all its epochs: say so, train nothing, change no file."""
+    """A resume of a run that has done all its epochs: say so and train nothing. Its files are left as they are,
+    except a metrics.jsonl that a kill left behind the checkpoint, which is rebuilt from it."""
     history = resume.history_of(run.header, run.metrics_path, run.header["step"])
+    rebuild = run.primary and not rundir.metrics_match(run.metrics_path, history)
+    if rebuild:
+        with interrupts.deferred():
+            lock = rundir.open_run_directory(run.config.out)
+            try:
+                resume.remove_temporaries(run.ckpt_path, run.metrics_path)
+                rundir.write_metrics(run.metrics_path, history)
+            finally:
+                lock.close()
     log(f"the run in {run.config.out} is already complete ({len(history)}/{run.config.epochs} epochs, step "
-        f"{run.header['step']}); nothing to train. Resume with a larger --epochs to extend it.")
+        f"{run.header['step']}); nothing to train"
+        + ("; rebuilt its metrics.jsonl from the checkpoint" if rebuild else "")
+        + ". Resume with a larger --epochs to extend it.")
     return {**report.summary(history, run.config.out, 0.0), "epochs_trained": 0}
 
 

@@ -151,9 +151,23 @@ def write_text(path: str, text: str) -> None:
     checkpoint.write_atomic(path, lambda f: f.write(text), mode="w")
 
 
+def metrics_text(history: list) -> str:
+    """metrics.jsonl's text: one JSON line per epoch of the history."""
+    return "".join(json.dumps(h) + "\n" for h in history)
+
+
 def write_metrics(path: str, history: list) -> None:
     """metrics.jsonl: one JSON line per epoch, rewritten whole from the history the checkpoint holds."""
-    write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+    write_text(path, metrics_text(history))
+
+
+def metrics_match(path: str, history: list) -> bool:
+    """Whether metrics.jsonl at `path` holds exactly the lines of `history` (a kill can leave it an epoch behind)."""
+    try:
+        with open(path) as f:
+            return f.read() == metrics_text(history)
+    except OSError:
+        return False
 
 
 def write_error(e: OSError, out: str, kept: str) -> WriteError:

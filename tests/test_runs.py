@@ -288,3 +288,13 @@ def test_a_signal_at_any_moment_is_one_line_and_128_plus_its_number(tmp_path, si
     assert returncode == 128 + sig and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     [line] = stderr.strip().splitlines()
     assert line.startswith(start), line
+
+
+def test_resuming_a_finished_run_killed_before_its_last_metrics_line_rebuilds_it(run):
+    # A kill between the last checkpoint and metrics.jsonl's rewrite: the checkpoint holds every epoch's line.
+    complete = open(os.path.join(run, "metrics.jsonl")).read()
+    open(os.path.join(run, "metrics.jsonl"), "w").write("")
+    lines = []
+    fit(TrainConfig(out=run, resume=True, **QUICK), log=lines.append)
+    assert "already complete (1/1 epochs, step 3); nothing to train; rebuilt its metrics.jsonl" in lines[0]
+    assert open(os.path.join(run, "metrics.jsonl")).read() == complete
