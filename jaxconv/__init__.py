@@ -10,6 +10,9 @@ Layout: activations NHWC (m, n_H, n_W, n_C), filters HWIO (f_H, f_W, n_C, n_C') 
 in 1-D NWC/WIO (`LAYOUT_1D`), in 3-D NDHWC/DHWIO (`LAYOUT_3D`); `LAYOUTS` maps 1, 2, 3 to them.
 """
 
+# First: in the `jaxconv` command, Ctrl-C and SIGTERM are handled from before JAX is imported (jaxconv.interrupts).
+from jaxconv import interrupts  # noqa: F401
+
 from jaxconv import checkpoint, compile, data, devices, initializers, layers, models, parallel, reference, train
 from jaxconv._args import LAYOUT, LAYOUT_1D, LAYOUT_3D, LAYOUTS, conv_output_size
 from jaxconv.devices import cpu_devices

@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from jaxconv import interrupts  # imported first by the package: Ctrl-C and SIGTERM give one line and exit 130 / 143
+
 
 def _shape(text: str) -> tuple:
     try:
@@ -58,8 +60,11 @@ def _positive_float(text: str) -> float:
 def cmd_train(args) -> int:
     from jaxconv import parallel
     from jaxconv.devices import compile_cache, cpu_devices, reuse_host_memory
-    from jaxconv.loop import Interrupted, NonFiniteLoss, TrainConfig, fit
+    from jaxconv.loop import Interrupted, NonFiniteLoss, fit
 
+    interrupts.set_message(f"jaxconv train: interrupted before training started; nothing new was saved in {args.out}",
+                           again=f"jaxconv train: interrupted again; stopped at once, the last checkpoint in "
+                                 f"{args.out} is kept (resume with --resume)")
     reuse_host_memory()  # each step's temporary buffers reused, not page-faulted in afresh (devices.reuse_host_memory)
     if not args.no_compile_cache:
         compile_cache()  # a second run of the same job loads its compiled steps from disk
@@ -71,12 +76,7 @@ def cmd_train(args) -> int:
         print(f"jaxconv train: error: {e}", file=sys.stderr)
         return 2
 
-    config = TrainConfig(
-        model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, shift=args.shift, impl=args.impl, algorithm=args.algorithm, seed=args.seed,
-        out=args.out, resume=args.resume, overwrite=args.overwrite, ensemble=args.ensemble, limit=args.limit,
-        checkpoint_every=args.checkpoint_every, progress=not args.no_progress, devices=args.devices, dtype=args.dtype,
-    )
+    config = train_config(args)
     try:
         result = fit(config)
     except (ValueError, FileNotFoundError) as e:  # bad arguments, files or run directory: one line
@@ -85,13 +85,14 @@ def cmd_train(args) -> int:
     except NonFiniteLoss as e:
         print(f"jaxconv train: {e}", file=sys.stderr)
         return 1
-    except Interrupted as e:  # Ctrl-C: where the run stands, not JAX's stack
+    except Interrupted as e:  # Ctrl-C or SIGTERM: where the run stands, not JAX's stack
         print(f"jaxconv train: {e}", file=sys.stderr)
-        return 130
+        return interrupts.exit_code(e.signum)
     except KeyboardInterrupt:  # before the first step (loading data, building the model)
-        print(f"jaxconv train: interrupted before training started; nothing new was saved in {config.out}",
-              file=sys.stderr)
-        return 130
+        signum = interrupts.pending() or interrupts.SIGNALS[0]
+        print(interrupts.describe(f"jaxconv train: interrupted before training started; nothing new was saved in "
+                                  f"{config.out}", signum), file=sys.stderr)
+        return interrupts.exit_code(signum)
     except OSError as e:  # a full disk, a read-only or vanished --out (WriteError already says what is kept)
         if getattr(e, "filename", None):
             print(f"jaxconv train: error: cannot access `{e.filename}` ({e.strerror}); check --out and free disk space.",
@@ -99,7 +100,14 @@ def cmd_train(args) -> int:
         else:
             print(f"jaxconv train: error: {e}", file=sys.stderr)
         return 1
+    interrupts.set_message(f"jaxconv train: interrupted after the run finished; its files in {config.out} are complete")
+    if interrupts.pending():  # a signal during the last evaluation, save or plot: the run finished anyway
+        interrupts.exit_now(interrupts.pending())
     if not parallel.is_primary():  # process 0 reports for the run
+        return 0
+    if result.get("epochs_trained") == 0:  # a resume of a finished run: fit said so
+        print(f"best test accuracy {result['best_test_accuracy']:.4f} (final {result['final_test_accuracy']:.4f}); "
+              f"nothing trained, {result['out']} is unchanged")
         return 0
     print(
         f"best test accuracy {result['best_test_accuracy']:.4f} (final {result['final_test_accuracy']:.4f}) "
@@ -110,6 +118,19 @@ def cmd_train(args) -> int:
     if "plot" not in result["files"]:
         print("(no curves.png: matplotlib is not installed; pip install 'jaxconv[plot]' to get the plot)")
     return 0
+
+
+def train_config(args):
+    """The `TrainConfig` of parsed `jaxconv train` arguments (not yet validated: `fit` calls its `validate`)."""
+    from jaxconv.loop import TrainConfig
+
+    return TrainConfig(
+        model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, shift=args.shift, impl=args.impl,
+        algorithm=args.algorithm, seed=args.seed, out=args.out, resume=args.resume, overwrite=args.overwrite,
+        ensemble=args.ensemble, limit=args.limit, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+        devices=args.devices, dtype=args.dtype,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +190,7 @@ def _add_train_command(sub) -> argparse.ArgumentParser:
                    help="learning-rate schedule: cosine decay from --lr to 0 over the run (a run extended with "
                         "--resume --epochs gets a new cycle over the added epochs), or constant")
     p.add_argument("--shift", type=int, default=d.shift, metavar="PIXELS",
-                   help="augment each training image by a random shift of up to PIXELS (0: off)")
+                   help="augment each training image by a random shift of up to PIXELS (0: off; less than the image size)")
     p.add_argument("--impl", choices=list(IMPLS), default=d.impl,
                    help="convolution implementation: auto picks the fastest for the platform")
     p.add_argument("--algorithm", choices=list(ALGORITHMS), default=d.algorithm,
@@ -178,7 +199,9 @@ def _add_train_command(sub) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype,
                    help="compute dtype: bfloat16 runs convs and dense layers in bfloat16 (float32 sums), "
                         "with float32 params, loss and optimizer")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and shuffling")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the initialisation and shuffling: any whole number (the initialisation's key takes "
+                        "32 bits: seeds outside [-2**31, 2**31) are folded into them, see jaxconv.steps.key_seed)")
     return p
 
 
@@ -226,6 +249,7 @@ def _add_scaling_arguments(p) -> None:
 
 
 def main(argv=None) -> int:
+    interrupts.install()  # idempotent; from Python too, cli.main behaves as the command does
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.func(args)

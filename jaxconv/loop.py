@@ -41,6 +41,7 @@ import hashlib
 import inspect
 import json
 import os
+import signal
 import threading
 import time
 from typing import Any, Optional
@@ -50,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv import conv, data, models, parallel, report, resume, rundir, steps
+from jaxconv import conv, data, interrupts, models, parallel, report, resume, rundir, steps
 from jaxconv._args import check_labels, integer
 # Re-exported: fit raises these errors, and these names have always been public here.
 from jaxconv.resume import RESUME_KEYS  # noqa: F401
@@ -128,11 +129,12 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) during training; str() is the one-line report (step, checkpoint kept, how to resume)."""
+    """Ctrl-C (SIGINT) or SIGTERM during training; str() is the one-line report (step, checkpoint kept, how to
+    resume); `signum` is the signal (SIGINT for a KeyboardInterrupt raised in Python)."""
 
-    def __init__(self, message: str, step: int, checkpoint_step: Optional[int]):
+    def __init__(self, message: str, step: int, checkpoint_step: Optional[int], signum: int = signal.SIGINT):
         super().__init__(message)
-        self.step, self.checkpoint_step = step, checkpoint_step
+        self.step, self.checkpoint_step, self.signum = step, checkpoint_step, signum
 
 
 def load_data(config: TrainConfig) -> data.Dataset:
@@ -141,6 +143,18 @@ def load_data(config: TrainConfig) -> data.Dataset:
     if config.limit is not None:
         ds = data.Dataset(ds.x_train[: config.limit], ds.y_train[: config.limit], ds.x_test, ds.y_test)
     return ds
+
+
+def check_against_data(config: TrainConfig, ds: data.Dataset) -> None:
+    """Refuse settings the data set cannot serve: a batch larger than the training set, a shift as large as
+    the images (every pixel shifted out)."""
+    m, n_H, n_W = ds.x_train.shape[:3]
+    if config.batch_size > m:
+        raise ValueError(f"train: `batch_size` ({config.batch_size}) is larger than the {m} training images; use a smaller one.")
+    if config.shift >= min(n_H, n_W):
+        raise ValueError(f"train: `shift` ({config.shift}) must be smaller than the {n_H}x{n_W} images of --data "
+                         f"{config.data} (a shift that large moves every pixel out); pass --shift {min(n_H, n_W) - 1} "
+                         f"or less (default {TrainConfig.shift}).")
 
 
 def _channels_for(config: TrainConfig, ds: data.Dataset) -> data.Dataset:
@@ -263,6 +277,9 @@ class Progress:
     state: Any  # the model's state (BatchNorm's running statistics), or None
     step: int
     history: list
+    # The per-step losses of the epoch in progress, from a mid-epoch checkpoint: the resumed epoch's train_loss
+    # is their mean with the rest's, as in an uninterrupted run. None: a checkpoint that does not carry them.
+    epoch_losses: Optional[list] = dataclasses.field(default_factory=list)
 
     @property
     def weights(self) -> tuple:
@@ -282,30 +299,58 @@ def fit(config: TrainConfig, log=print) -> dict:
     """
     config = config.validate()
     primary = parallel.is_primary()
-    lock = rundir.open_run_directory(config.out) if primary else None
-    try:
-        return _fit(config, log if primary else _quiet, primary)
-    finally:
-        if lock is not None:
-            lock.close()
+    if primary:
+        rundir.check_out(config.out, fresh=not config.resume, overwrite=config.overwrite)
+    run = _prepare(config, primary)  # every check before anything is created: a refused run leaves no trace
+    trainer, weights = _build(run)
+    log = log if primary else _quiet
+    if run.header is not None and run.header["step"] >= run.config.epochs * run.steps_per_epoch:
+        return _complete(run, log)
+    with interrupts.deferred():  # a signal now waits for the loop's next safe point (jaxconv.interrupts)
+        lock = rundir.open_run_directory(config.out) if primary else None
+        try:
+            return _fit(run, trainer, weights, log)
+        finally:
+            if lock is not None:
+                lock.close()
 
 
 def _quiet(*args, **kwargs) -> None:
     """The log of processes other than 0: one process speaks for all."""
 
 
-def _fit(config: TrainConfig, log, primary: bool) -> dict:
-    run = _prepare(config, primary)
-    trainer, weights = _build(run)
+def _complete(run: Run, log) -> dict:
+    """A resume of a run that has done all its epochs: say so and train nothing. Its files are left as they are,
+    except a metrics.jsonl that a kill left behind the checkpoint, which is rebuilt from it."""
+    history = resume.history_of(run.header, run.metrics_path, run.header["step"])
+    rebuild = run.primary and not rundir.metrics_match(run.metrics_path, history)
+    if rebuild:
+        with interrupts.deferred():
+            lock = rundir.open_run_directory(run.config.out)
+            try:
+                resume.remove_temporaries(run.ckpt_path, run.metrics_path)
+                rundir.write_metrics(run.metrics_path, history)
+            finally:
+                lock.close()
+    log(f"the run in {run.config.out} is already complete ({len(history)}/{run.config.epochs} epochs, step "
+        f"{run.header['step']}); nothing to train"
+        + ("; rebuilt its metrics.jsonl from the checkpoint" if rebuild else "")
+        + ". Resume with a larger --epochs to extend it.")
+    return {**report.summary(history, run.config.out, 0.0), "epochs_trained": 0}
+
+
+def _fit(run: Run, trainer: "Trainer", weights: tuple, log) -> dict:
     progress = _start(run, trainer, weights, log)
+    done_before = len(progress.history)
     log(report.start_line(run.config, run.ds, run.steps_per_epoch, run.dropped, run.mesh))
     tqdm = report.tqdm_class() if run.config.progress else None
-    if primary:  # matplotlib's import for the plot at the end, done while the steps compile and run
+    if run.primary:  # matplotlib's import for the plot at the end, done while the steps compile and run
         threading.Thread(target=report.pyplot, daemon=True).start()
     start_time = time.perf_counter()
     _train(run, trainer, progress, log, tqdm)
     result = report.summary(progress.history, run.config.out, time.perf_counter() - start_time)
-    plot_path = report.plot(progress.history, run.config.out) if primary else None
+    result["epochs_trained"] = len(progress.history) - done_before
+    plot_path = report.plot(progress.history, run.config.out) if run.primary else None
     if plot_path:
         result["files"]["plot"] = os.path.basename(plot_path)
     return result
@@ -324,8 +369,7 @@ def _prepare(config: TrainConfig, primary: bool) -> Run:
     config = dataclasses.replace(config, data_fingerprint=fingerprint(ds))  # the data as loaded, before any tiling
     ds = _channels_for(config, ds)
     m = len(ds.x_train)
-    if config.batch_size > m:
-        raise ValueError(f"train: `batch_size` ({config.batch_size}) is larger than the {m} training images; use a smaller one.")
+    check_against_data(config, ds)
     steps_per_epoch = m // config.batch_size
     return Run(config, primary, header, mesh, ds, steps_per_epoch, m - steps_per_epoch * config.batch_size)
 
@@ -373,14 +417,16 @@ def _start(run: Run, trainer: Trainer, weights: tuple, log) -> Progress:
     """
     config = run.config
     params, opt_state, state = weights
-    step, history = 0, []
+    step, history, epoch_losses = 0, [], []
     if run.header is None and run.primary:
         rundir.start_fresh(config.out, config.overwrite)
         resume.remove_temporaries(run.ckpt_path, run.metrics_path)  # a save killed before the first checkpoint
     if run.header is not None:
         removed = resume.remove_temporaries(run.ckpt_path, run.metrics_path) if run.primary else []
-        params, opt_state, state, step, history = resume.load(
-            run.ckpt_path, run.metrics_path, weights, resume.resume_keys(trainer.record), trainer.stateful)
+        params, opt_state, state, step, history, epoch_losses = resume.load(
+            run.ckpt_path, run.metrics_path, weights, resume.resume_keys(trainer.record, run.header.get("config")),
+            trainer.stateful,
+            run.steps_per_epoch)
         if run.primary:
             rundir.write_metrics(run.metrics_path, history)  # rebuilt from the checkpoint: one line per epoch it has seen
         log(f"resumed from {run.ckpt_path} at step {step} (epoch {step // run.steps_per_epoch + 1})"
@@ -390,7 +436,7 @@ def _start(run: Run, trainer: Trainer, weights: tuple, log) -> Progress:
         params, opt_state, state = parallel.replicate(run.mesh, (params, opt_state, state))
     if run.primary:
         rundir.write_text(os.path.join(config.out, "config.json"), json.dumps(trainer.record, indent=2))
-    return Progress(params, opt_state, state, step, history)
+    return Progress(params, opt_state, state, step, history, epoch_losses)
 
 
 def _train(run: Run, trainer: Trainer, progress: Progress, log, tqdm) -> None:
@@ -403,7 +449,8 @@ def _train(run: Run, trainer: Trainer, progress: Progress, log, tqdm) -> None:
             _run_epoch(run, trainer, progress, epoch, training_set, log, tqdm)
     except KeyboardInterrupt:
         message, saved = resume.interrupted(run.ckpt_path, progress.step)
-        raise Interrupted(message, progress.step, saved) from None
+        signum = interrupts.pending() or signal.SIGINT
+        raise Interrupted(interrupts.describe(message, signum), progress.step, saved, signum) from None
     except OSError as e:
         if e.errno not in rundir.WRITE_ERRNOS:
             raise
@@ -415,12 +462,14 @@ def _run_epoch(run: Run, trainer: Trainer, progress: Progress, epoch: int, train
     config = run.config
     epoch_start = time.perf_counter()
     draws = jax.device_put(data.epoch_draws(config.seed, epoch, len(run.ds.x_train), config.batch_size, config.shift))
-    losses = _train_steps(run, trainer, progress, epoch, (*training_set, *draws), epoch_start, tqdm)
+    losses, taken = _train_steps(run, trainer, progress, epoch, (*training_set, *draws), epoch_start, tqdm)
     kept = functools.partial(resume.kept, run.ckpt_path)
-    train_loss = _check_finite(losses, progress.step, epoch, run.steps_per_epoch, kept)  # waits for the last step
+    values = _check_finite(losses, progress.step, epoch, run.steps_per_epoch, kept)  # waits for the last step
     train_time = time.perf_counter() - epoch_start
-    record = {"epoch": epoch + 1, "step": progress.step, "train_loss": train_loss, "train_time_s": train_time,
-              "images_per_s": len(losses) * config.batch_size / train_time}
+    record = {"epoch": epoch + 1, "step": progress.step, "train_loss": float(values.mean()), "train_time_s": train_time,
+              "images_per_s": taken * config.batch_size / train_time}
+    if len(values) < run.steps_per_epoch:  # resumed from an old mid-epoch checkpoint without the epoch's losses
+        record["train_loss_steps"] = len(values)  # the steps its train_loss covers
     record.update(report.evaluate_epoch(trainer.model.apply, trainer.eval_step, progress.params, progress.state,
                                         run.ds, config.ensemble))
     record["time_s"] = time.perf_counter() - epoch_start  # training and evaluation
@@ -429,30 +478,37 @@ def _run_epoch(run: Run, trainer: Trainer, progress: Progress, epoch: int, train
     if run.primary:
         rundir.write_metrics(run.metrics_path, progress.history)  # a copy for readers; rebuilt on resume
     log(report.epoch_line(record, config.epochs, config.ensemble))
+    interrupts.stop_if_asked()  # a signal that came during the evaluation or the save
 
 
 def _train_steps(run: Run, trainer: Trainer, progress: Progress, epoch: int, batches, epoch_start, tqdm) -> list:
-    """The epoch's steps from where the run stands, with a progress bar and the in-epoch checkpoints; its losses.
+    """The epoch's steps from where the run stands, with a progress bar and the in-epoch checkpoints.
 
     batches: (x_all, y_all, order, shifts), on the device: step k cuts its batch k from them.
+    Returns (the losses of every step of the epoch so far, those restored from a mid-epoch checkpoint
+    included; the number of steps taken here).
     """
     config, steps_per_epoch = run.config, run.steps_per_epoch
     start_step = progress.step - epoch * steps_per_epoch
     bar = report.progress_bar(tqdm, steps_per_epoch, start_step, epoch, config.epochs) if run.primary else None
-    losses = []
+    losses = list(progress.epoch_losses or []) if start_step else []
     for k in range(start_step, steps_per_epoch):
         metrics = _train_step(trainer, progress, batches, k)
         losses.append(metrics["loss"])
         progress.step += 1
         if bar is not None:
-            report.show_step(bar, progress.step, steps_per_epoch, metrics, len(losses) * config.batch_size, epoch_start)
+            report.show_step(bar, progress.step, steps_per_epoch, metrics, (k + 1 - start_step) * config.batch_size,
+                             epoch_start)
         # The epoch's last step is saved by _run_epoch, with its metrics line.
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0 and progress.step % steps_per_epoch:
-            _check_finite(losses, progress.step, epoch, steps_per_epoch, functools.partial(resume.kept, run.ckpt_path))
-            _save(run, trainer, progress)
+            kept = functools.partial(resume.kept, run.ckpt_path)
+            losses = list(_check_finite(losses, progress.step, epoch, steps_per_epoch, kept))  # now on the host
+            _save(run, trainer, progress, losses)
+        interrupts.stop_if_asked()  # a signal's request, answered between steps (jaxconv.interrupts)
     if bar is not None:
         bar.close()
-    return losses
+    progress.epoch_losses = []
+    return losses, steps_per_epoch - start_step
 
 
 def _train_step(trainer: Trainer, progress: Progress, batches, k: int) -> dict:
@@ -466,13 +522,15 @@ def _train_step(trainer: Trainer, progress: Progress, batches, k: int) -> dict:
     return metrics
 
 
-def _save(run: Run, trainer: Trainer, progress: Progress) -> None:
+def _save(run: Run, trainer: Trainer, progress: Progress, epoch_losses=None) -> None:
+    """Checkpoint the run; mid-epoch, with the epoch's losses so far (host arrays), so that a resume reports the
+    uninterrupted epoch's train_loss."""
     resume.save(run.ckpt_path, progress.weights, progress.step, trainer.root, resume.checkpoint_config(trainer.record),
-                progress.history, run.primary)
+                progress.history, run.primary, epoch_losses)
 
 
-def _check_finite(losses, step, epoch, steps_per_epoch, kept=lambda: "the last good checkpoint is kept") -> float:
-    """Mean of the epoch's losses so far; raise NonFiniteLoss naming the first bad step.
+def _check_finite(losses, step, epoch, steps_per_epoch, kept=lambda: "the last good checkpoint is kept") -> np.ndarray:
+    """The epoch's losses so far on the host, one row per step; raise NonFiniteLoss naming the first bad step.
 
     kept() says what is left on disk (the last good checkpoint, or that none was written yet).
     """
@@ -485,4 +543,4 @@ def _check_finite(losses, step, epoch, steps_per_epoch, kept=lambda: "the last g
             f"{bad_step - epoch * steps_per_epoch} of {steps_per_epoch}); stopped, and {kept()}. "
             f"Try a smaller --lr."
         )
-    return float(values.mean()) if values.size else float("nan")
+    return values

@@ -20,18 +20,22 @@ import json
 import os
 from typing import Optional
 
+import numpy as np
+
 from jaxconv import checkpoint, parallel
 
 # The keys a checkpoint must agree on to be resumed: a different model, data
-# set or optimizer would silently train something else. `epochs` may grow (to
+# set, optimizer or compute dtype would silently train something else. `epochs` may grow (to
 # extend a finished run); `data_fingerprint` is checked first, with its own message.
 RESUME_KEYS = ("model", "data", "data_fingerprint", "impl", "optimizer", "lr", "schedule", "shift", "batch_size", "seed",
-               "ensemble", "limit")
+               "ensemble", "limit", "dtype")
+LATER_KEYS = ("dtype",)  # resume keys that older checkpoints do not store: checked only where they are stored
 
 
-def resume_keys(record: dict) -> dict:
-    """The settings of a run's config record (config.json's dict) that a resume must agree on."""
-    return {k: record[k] for k in RESUME_KEYS}
+def resume_keys(record: dict, stored: Optional[dict] = None) -> dict:
+    """The settings of a run's config record (config.json's dict) that a resume must agree on; with `stored`
+    (the checkpoint's config), without the LATER_KEYS it does not hold."""
+    return {k: record[k] for k in RESUME_KEYS if k not in LATER_KEYS or stored is None or k in stored}
 
 
 def checkpoint_config(record: dict) -> dict:
@@ -58,7 +62,8 @@ def recorded_lr(header: Optional[dict]):
 def plan(config, header: dict, steps_per_epoch: int, ckpt_path: str):
     """(schedule_epochs, log line) for resuming from a checkpoint header; refuses data and epoch mismatches."""
     stored = header.get("config") or {}
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k in RESUME_KEYS and k != "data_fingerprint"}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k in RESUME_KEYS and k != "data_fingerprint"
+                and (k not in LATER_KEYS or k in stored)}
     checkpoint.check_config(stored, {**settings, "lr": config.learning_rate}, ckpt_path, "train")
     if "data_fingerprint" in stored and stored["data_fingerprint"] != config.data_fingerprint:
         raise ValueError(
@@ -115,28 +120,52 @@ def remove_temporaries(*paths) -> list:
     return [name for path in paths for name in checkpoint.remove_temporaries(path)]
 
 
-def load(ckpt_path: str, metrics_path: str, like: tuple, resume_keys: dict, stateful: bool):
-    """(params, opt_state, state, step, history) from the checkpoint, checked against `resume_keys`.
+def load(ckpt_path: str, metrics_path: str, like: tuple, resume_keys: dict, stateful: bool, steps_per_epoch: int):
+    """(params, opt_state, state, step, history, epoch losses) from the checkpoint, checked against `resume_keys`.
 
     like: (params, opt_state, state) of a freshly initialised run, whose structure the checkpoint must match.
+    The epoch losses are `epoch_losses_of`'s.
     """
     params, opt_state, state = like
     loaded = checkpoint.load_checkpoint(ckpt_path, params_like=params, opt_state_like=opt_state, config=resume_keys,
                                         state_like=state)
     step = int(loaded["step"])
     state = loaded.get("state") if stateful else None
-    return loaded["params"], loaded["opt_state"], state, step, history_of(loaded, metrics_path, step)
+    return (loaded["params"], loaded["opt_state"], state, step, history_of(loaded, metrics_path, step),
+            epoch_losses_of(loaded, step, steps_per_epoch))
 
 
-def save(ckpt_path: str, weights: tuple, step: int, key, config: dict, history: list, primary: bool) -> None:
+def epoch_losses_of(state: dict, step: int, steps_per_epoch: int) -> Optional[list]:
+    """The losses of the steps already taken in the epoch a checkpoint stopped in, one NumPy array per step.
+
+    [] at an epoch's end; None for a mid-epoch checkpoint that does not carry them (saved by an older
+    jaxconv): the resumed epoch's train_loss then covers only the steps taken after the resume.
+    """
+    done = step % steps_per_epoch
+    if done == 0:
+        return []
+    saved = (state.get("metadata") or {}).get("epoch_losses")
+    if not isinstance(saved, dict) or len(saved.get("values") or []) != done:
+        return None
+    return [np.asarray(v, dtype=saved["dtype"]) for v in saved["values"]]
+
+
+def save(ckpt_path: str, weights: tuple, step: int, key, config: dict, history: list, primary: bool,
+         epoch_losses=None) -> None:
     """Checkpoint (params, opt_state, state) at `step` with the run's key, config and metrics history.
 
+    epoch_losses: mid-epoch, the losses of the epoch's steps so far (NumPy arrays, one per step), kept
+    exactly (JSON numbers round-trip a float32) so that a resume computes the uninterrupted epoch's mean.
     Every process takes part in gathering the weights to the host; process 0 writes them.
     """
     host_params, host_opt_state, host_state = parallel.to_host(weights)
+    metadata = {"history": history}
+    if epoch_losses:
+        metadata["epoch_losses"] = {"dtype": str(np.asarray(epoch_losses[0]).dtype),
+                                    "values": [np.asarray(v).tolist() for v in epoch_losses]}
     if primary:
         checkpoint.save_checkpoint(ckpt_path, params=host_params, opt_state=host_opt_state, step=step, key=key,
-                                   config=config, metadata={"history": history}, state=host_state)
+                                   config=config, metadata=metadata, state=host_state)
 
 
 def kept(ckpt_path: str) -> str:

@@ -17,14 +17,29 @@ from jaxconv import data, parallel
 from jaxconv.train import make_train_step, stack_params
 
 
-@jax.jit
-def run_keys(seed):
-    """The run's keys from its seed, in one compiled program (eagerly, each key op would compile its own).
+KEY_SEEDS = 2**32  # jax.random.key takes a seed of 32 bits: larger seeds are folded into them (key_seed)
+
+
+def key_seed(seed: int) -> int:
+    """The run's seed as `jax.random.key` takes it: a seed in [-2**31, 2**31) as it is, any other int folded
+    into that range modulo 2**32 (so seeds 2**32 apart start from the same weights; their data order, drawn
+    from the whole seed by `data.epoch_draws`, differs)."""
+    return (int(seed) + KEY_SEEDS // 2) % KEY_SEEDS - KEY_SEEDS // 2
+
+
+def run_keys(seed: int):
+    """The run's keys from its seed (any int, see `key_seed`), in one compiled program (eagerly, each key op
+    would compile its own).
 
     Returns (root, init, dropout); step s draws its dropout masks from fold_in(dropout, s), so a resumed
     run draws what the uninterrupted one did. The data's shuffle and shifts come from the seed through
     NumPy (`data.epoch_draws`).
     """
+    return _run_keys(key_seed(seed))
+
+
+@jax.jit
+def _run_keys(seed):
     root = jax.random.key(seed)
     return root, jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
 

@@ -155,3 +155,99 @@ def test_sigkill_at_random_times_then_resume(tmp_path, baseline):
         resumed = _train(out, *extra)
         assert resumed.returncode == 0, resumed.stderr
         _check(out, baseline)
+
+
+# --------------------------------------------------------------------------- random kills: metrics and params exact (#25)
+
+_UNTIMED = lambda h: {k: v for k, v in h.items() if not k.endswith("_s")}  # noqa: E731  time_s, images_per_s, ...
+
+# (model, extra arguments, checkpoint cadences, kills per cadence): LeNet-5, and ResNet-20 for BatchNorm's state.
+# 5 steps an epoch for LeNet-5 and 2 for ResNet-20, 2 epochs; 4 x 10 + 2 x 6 = 52 kills.
+KILL_GRID = [
+    ("lenet5", ["--limit", "160"], [1, 2, 4, 7], 10),
+    ("resnet20", ["--limit", "64"], [1, 3], 6),
+]
+KILL_POINTS = ("step", "mid_save", "before_metrics", "after_metrics")
+
+
+def _kill_args(model, extra, every):
+    return ["train", "--model", model, *extra, "--batch-size", "32", "--epochs", "2", "--checkpoint-every", str(every),
+            "--impl", "lax", "--no-progress", "--shift", "1"]
+
+
+def _run_harness(out, args, where="none", n=0, sig="SIGKILL"):
+    return subprocess.run([sys.executable, "-c", _HARNESS, where, str(n), sig, *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=_env())
+
+
+def _same_run(out, baseline):
+    """(params differing, metrics lines differing) between two finished runs: timing fields aside, none."""
+    a, b = _params(baseline), _params(out)
+    params = [k for k in a if k not in b or not np.array_equal(a[k], b[k])] + [k for k in b if k not in a]
+    lines = lambda d: [_UNTIMED(json.loads(s)) for s in open(os.path.join(d, "metrics.jsonl"))]  # noqa: E731
+    x, y = lines(baseline), lines(out)
+    return params, [i for i in range(max(len(x), len(y))) if i >= min(len(x), len(y)) or x[i] != y[i]]
+
+
+@pytest.mark.parametrize("model, extra, cadences, kills", KILL_GRID)
+def test_random_sigkills_leave_metrics_and_params_exact(tmp_path, model, extra, cadences, kills):
+    rng = random.Random(f"{model}-25")
+    report = []
+    for every in cadences:
+        args = _kill_args(model, extra, every)
+        baseline = tmp_path / f"baseline-{every}"
+        assert _run_harness(baseline, args).returncode == 0
+        done, chain = 0, 0
+        while done < kills:  # a chain: kill, resume, kill again ... until the run finishes
+            out, chain = tmp_path / f"run-{every}-{chain}", chain + 1
+            while True:
+                where, n = rng.choice(KILL_POINTS), rng.randint(1, 4)
+                resume = ["--resume"] if (out / "checkpoint.npz").exists() else []
+                run = _run_harness(out, args + resume, where, n)
+                if run.returncode == 0:
+                    break
+                assert run.returncode == -signal.SIGKILL, run.stderr
+                done += 1
+            report.append((every, chain, _same_run(out, baseline)))
+            assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    print(f"{model}: {len(cadences) * kills}+ kills over cadences {cadences}: {report}")
+    assert all(diff == ([], []) for _, _, diff in report), report
+
+
+# --------------------------------------------------------------------------- signals at any moment (#25)
+
+SIGNAL_ARGS = ["train", "--limit", "96", "--batch-size", "32", "--epochs", "40", "--checkpoint-every", "1", "--impl",
+               "lax", "--no-progress"]  # long enough to be running at every moment below; saves at every step
+
+
+def signal_at(out, seconds, sig=signal.SIGINT, after_start=False):
+    """`jaxconv train` (the command's own entry, `python -m jaxconv.cli`) sent `sig` `seconds` after it starts, or
+    after its run has started (config.json written) with after_start; returns the finished process."""
+    proc = subprocess.Popen([sys.executable, "-m", "jaxconv.cli", *SIGNAL_ARGS, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    while after_start and not (out / "config.json").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(seconds)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stderr
+
+
+def check_clean_exit(returncode, stderr, sig=signal.SIGINT):
+    assert returncode == 128 + sig, (returncode, stderr)
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("jaxconv") and "interrupted" in line, line
+
+
+MOMENTS = [(0.2, False), (0.5, False), (1.0, False), (2.0, False), (3.0, False), (4.5, False),  # import, data, compile
+           (0.0, True), (0.3, True), (1.0, True), (2.5, True)]  # the run: its first compile, steps, saves
+
+
+@pytest.mark.parametrize("seconds, after_start", MOMENTS)
+def test_sigint_at_any_moment_is_one_line_and_130(tmp_path, seconds, after_start):
+    out = tmp_path / "run"
+    returncode, stderr = signal_at(out, seconds, after_start=after_start)
+    check_clean_exit(returncode, stderr)
+    if out.exists():
+        assert not [f for f in os.listdir(out) if f.endswith(".tmp")]

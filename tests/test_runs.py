@@ -4,8 +4,10 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -191,3 +193,108 @@ def test_cli_malicious_cifar_pickle_is_one_line(tmp_path):
 class _Evil:
     def __reduce__(self):
         return (os.system, ("true",))
+
+
+# --------------------------------------------------------------------------- accepted nonsense, refused first (#25)
+
+
+def _tree(path):
+    """Every file under path with its bytes: a directory left exactly as it was compares equal."""
+    return {os.path.relpath(os.path.join(d, n), path): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(path) for n in names}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(shift=32), r"`shift` \(32\) must be smaller than the 32x32 images of --data digits .*pass --shift 31 or less"),
+    (dict(batch_size=97), r"`batch_size` \(97\) is larger than the 96 training images"),
+])
+def test_a_refused_run_creates_nothing_and_leaves_an_existing_directory_as_it_was(tmp_path, run, bad, message):
+    fresh = tmp_path / "new" / "out"
+    with pytest.raises(ValueError, match=message):
+        fit(TrainConfig(out=str(fresh), **{**QUICK, **bad}), **QUIET)
+    assert not (tmp_path / "new").exists()
+    before = _tree(run)
+    with pytest.raises(ValueError, match=message):
+        fit(TrainConfig(out=run, overwrite=True, **{**QUICK, **bad}), **QUIET)
+    assert _tree(run) == before
+
+
+def test_resume_refuses_another_dtype_and_keeps_config_json(run):
+    before = _tree(run)
+    with pytest.raises(ValueError, match=r"dtype: checkpoint has 'float32', you asked for 'bfloat16'"):
+        fit(TrainConfig(out=run, resume=True, dtype="bfloat16", **{**QUICK, "epochs": 2}), **QUIET)
+    assert _tree(run) == before and json.load(open(os.path.join(run, "config.json")))["dtype"] == "float32"
+
+
+def test_resuming_a_finished_run_says_it_is_complete_and_changes_nothing(run):
+    before, lines = _tree(run), []
+    result = fit(TrainConfig(out=run, resume=True, **QUICK), log=lines.append)
+    assert lines == [f"the run in {run} is already complete (1/1 epochs, step 3); nothing to train. Resume with a "
+                     f"larger --epochs to extend it."]
+    assert result["epochs_trained"] == 0 and result["final_test_accuracy"] == _lines(run)[-1]["test_accuracy"]
+    assert _tree(run) == before
+
+
+def test_dtype_is_checked_only_for_checkpoints_that_store_it(run):
+    # Checkpoints written before dtype was a resume key do not store it: a resume cannot check it for them.
+    record = json.load(open(os.path.join(run, "config.json")))
+    stored = resume.checkpoint_config(record)
+    assert stored["dtype"] == "float32" and resume.resume_keys(record, stored)["dtype"] == "float32"
+    older = {k: v for k, v in stored.items() if k != "dtype"}
+    assert "dtype" not in resume.resume_keys(record, older)
+
+
+@pytest.mark.parametrize("seed", [0, 2**31 - 1, -2**31, 2**31, 2**32, 2**64 + 5, -2**40])
+def test_any_integer_seed_gives_a_key_and_small_seeds_keep_theirs(seed):
+    from jaxconv import steps
+
+    folded = steps.key_seed(seed)
+    assert -2**31 <= folded < 2**31 and (folded - seed) % 2**32 == 0
+    if -2**31 <= seed < 2**31:
+        assert folded == seed  # the keys of every seed accepted before are unchanged
+    root, init, dropout = steps.run_keys(seed)
+    assert root.shape == ()
+
+
+def test_a_huge_seed_trains(tmp_path):
+    result = fit(TrainConfig(out=str(tmp_path / "run"), seed=2**31, **QUICK), **QUIET)
+    assert 0.0 <= result["final_test_accuracy"] <= 1.0
+
+
+# --------------------------------------------------------------------------- signals (#25); 10 moments in test_faults
+
+
+def _signal_at(out, seconds, sig, after_start=False):
+    """`python -m jaxconv.cli train` (the command's own entry) sent `sig` `seconds` after it starts (or after its
+    config.json is written); (exit status, stderr)."""
+    args = ["train", "--limit", "96", "--batch-size", "32", "--epochs", "40", "--impl", "lax", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "jaxconv.cli", *args, "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    while after_start and not (out / "config.json").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(seconds)
+    proc.send_signal(sig)
+    stderr = proc.communicate(timeout=300)[1]
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("sig, seconds, after_start, start", [
+    (signal.SIGINT, 0.5, False, "jaxconv: interrupted while starting up; nothing was written"),  # importing JAX
+    (signal.SIGTERM, 0.5, False, "jaxconv: interrupted by SIGTERM while starting up; nothing was written"),
+    (signal.SIGTERM, 0.5, True, "jaxconv train: interrupted by SIGTERM at step "),  # compiling or training
+])
+def test_a_signal_at_any_moment_is_one_line_and_128_plus_its_number(tmp_path, sig, seconds, after_start, start):
+    returncode, stderr = _signal_at(tmp_path / "run", seconds, sig, after_start)
+    assert returncode == 128 + sig and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    [line] = stderr.strip().splitlines()
+    assert line.startswith(start), line
+
+
+def test_resuming_a_finished_run_killed_before_its_last_metrics_line_rebuilds_it(run):
+    # A kill between the last checkpoint and metrics.jsonl's rewrite: the checkpoint holds every epoch's line.
+    complete = open(os.path.join(run, "metrics.jsonl")).read()
+    open(os.path.join(run, "metrics.jsonl"), "w").write("")
+    lines = []
+    fit(TrainConfig(out=run, resume=True, **QUICK), log=lines.append)
+    assert "already complete (1/1 epochs, step 3); nothing to train; rebuilt its metrics.jsonl" in lines[0]
+    assert open(os.path.join(run, "metrics.jsonl")).read() == complete
