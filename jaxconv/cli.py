@@ -21,7 +21,7 @@ def _shape(text: str) -> tuple:
 
 
 def cmd_summary(args) -> int:
-    from jaxconv.loop import in_channels_kwargs
+    from jaxconv.config import in_channels_kwargs
     from jaxconv.models import INPUT_SHAPES, MODELS
     from jaxconv.summary import format_summary, summary
 
@@ -122,7 +122,7 @@ def cmd_train(args) -> int:
 
 def train_config(args):
     """The `TrainConfig` of parsed `jaxconv train` arguments (not yet validated: `fit` calls its `validate`)."""
-    from jaxconv.loop import TrainConfig
+    from jaxconv.config import TrainConfig
 
     return TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
@@ -160,7 +160,7 @@ def _add_train_command(sub) -> argparse.ArgumentParser:
     """`jaxconv train` and what it trains: model, data, optimizer, schedule, augmentation, convolution, dtype, seed."""
     from jaxconv.conv import ALGORITHMS, IMPLS
     from jaxconv.data import DATASETS
-    from jaxconv.loop import DEFAULT_LR, DTYPES, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULES, TrainConfig
+    from jaxconv.config import DEFAULT_LR, DTYPES, OPTIMIZER_HELP, OPTIMIZERS, SCHEDULES, TrainConfig
     from jaxconv.models import MODELS
 
     d = TrainConfig()
@@ -208,7 +208,7 @@ def _add_train_command(sub) -> argparse.ArgumentParser:
 def _add_run_arguments(p) -> None:
     """How the run goes: where its files go, resuming, ensembles, a subset of the data, checkpoints, progress
     bars and the compile cache."""
-    from jaxconv.loop import TrainConfig
+    from jaxconv.config import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--out", default=d.out, metavar="DIR", help="where metrics, config, checkpoint and plot go")
