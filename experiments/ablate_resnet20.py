@@ -37,8 +37,9 @@ before JAX and PyTorch start: 1 thread is XLA_FLAGS=--xla_cpu_multi_thread_eigen
 (XLA:CPU's intra-op pool off; jax 0.10.2 rejects an unknown `--` flag and silently ignores
 a bare `intra_op_parallelism_threads=1`, so that is not passed) with OMP_NUM_THREADS=1 and
 torch.set_num_threads(1); N > 1 is torch.set_num_threads(N) and XLA's default pool (one
-thread per core). The "cores" columns (process CPU time / wall time over each contender's
-rounds) show what each setting really used.
+thread per core), and on Linux the worker is pinned to that many cores (XLA:CPU otherwise
+keeps a thread per core busy whatever its flags say). The "cores" columns (process CPU time /
+wall time over each contender's rounds) show what each setting really used.
 
 Within a subprocess every contender (framework x variant) is built, compiled, warmed up
 (--warmup steps, excluded) and then timed in interleaved rounds (`_common.interleaved_rounds`:
@@ -494,6 +495,16 @@ def thread_env(threads: int) -> dict:
     return env
 
 
+def _pin(threads: int):
+    """A preexec_fn that confines the worker to `threads` cores (Linux), or None. XLA:CPU keeps a pool of one thread
+    per core whatever its flags say (the 1-thread worker measured 1.9 cores busy without this); pinned, every
+    thread of both frameworks shares the cores it is given."""
+    if not hasattr(os, "sched_setaffinity") or threads >= len(os.sched_getaffinity(0)):
+        return None
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    return lambda: os.sched_setaffinity(0, cores)
+
+
 def worker_args(args, threads, path):
     """The command line of the worker for one thread setting (the measurement options passed on as given)."""
     out = [sys.executable, os.path.abspath(__file__), "--worker", path, "--threads", str(threads), "--batch", str(args.batch),
@@ -509,7 +520,7 @@ def run_workers(args):
     rows = []
     for threads in args.threads:
         path = os.path.join(args.out, f"worker_threads{threads}.json")
-        proc = subprocess.run(worker_args(args, threads, path), env=thread_env(threads))
+        proc = subprocess.run(worker_args(args, threads, path), env=thread_env(threads), preexec_fn=_pin(threads))
         if proc.returncode != 0:
             raise SystemExit(f"ablate_resnet20: the worker for --threads {threads} failed (exit {proc.returncode}); its output is above.")
         with open(path) as f:
