@@ -24,7 +24,9 @@ from __future__ import annotations
 import json
 import operator
 import os
+import struct
 import zipfile
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +50,9 @@ FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.npz"
 _FORMAT = "jaxconv-checkpoint"
 _META = "__meta__"
+# What zipfile and numpy raise on damaged bytes (a flipped bit can land in a zip header's version field or
+# a compressed stream or a length): each becomes a one-line ValueError naming the file.
+_DAMAGE = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error, struct.error, UnicodeDecodeError)
 _KEY = "__key__"
 
 
@@ -262,7 +267,7 @@ def _read(npz, name: str, path: str, op: str) -> np.ndarray:
                 f"the file was not written by save_checkpoint: use an earlier checkpoint."
             ) from None
         raise ValueError(f"{op}: entry `{name}` of `{path}` is damaged ({e}); use an earlier checkpoint.") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except _DAMAGE as e:
         raise ValueError(f"{op}: entry `{name}` of `{path}` is damaged ({e}); use an earlier checkpoint.") from None
 
 
@@ -421,7 +426,7 @@ def _open_npz(f, path, op):
         )
     try:
         npz = np.load(f, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    except (ValueError, *_DAMAGE) as e:
         reason = "pickled data, refused" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
         raise ValueError(
             f"{op}: `{path}` is not a readable .npz checkpoint ({reason}); the file is damaged or "

@@ -63,3 +63,14 @@ def interrupt_at_step(monkeypatch):
         return lambda: monkeypatch.setattr(steps, "loop_step", real_loop_step)
 
     return arm
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests listed in tests/slow_tier.txt `slow` (see that file for why they are there)."""
+    listed = os.path.join(os.path.dirname(__file__), "slow_tier.txt")
+    with open(listed) as f:
+        slow = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    for item in items:
+        node = item.nodeid.split("tests/", 1)[-1]
+        if node in slow:
+            item.add_marker(pytest.mark.slow)
