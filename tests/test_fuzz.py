@@ -114,7 +114,7 @@ def _lax_conv(x, w, b, kw):
     return z if b is None else z + b
 
 
-@fuzz(2000)
+@fuzz(1500)
 @given(conv_args(), st.sampled_from(("auto", "lax", "hand", "im2col", "rows", "taps", "bad")))
 def test_conv2d_fuzz(args, impl):
     x_shape, x_dtype, w_shape, w_dtype, b_shape, kw = args
@@ -126,7 +126,7 @@ def test_conv2d_fuzz(args, impl):
         assert_like("conv2d", got, lax_shape(lambda: jax.eval_shape(lambda x, w, b: _lax_conv(x, w, b, kw), x, w, b)))
 
 
-@fuzz(800)
+@fuzz(600)
 @given(conv_args(), st.sampled_from((0, 1, 2, -1)), st.sampled_from(("auto", "lax", "hand")))
 def test_conv_transpose2d_fuzz(args, output_padding, impl):
     x_shape, x_dtype, w_shape, w_dtype, b_shape, kw = args
@@ -206,7 +206,7 @@ def _lax_pool(x, window, stride, padding, init, op):
     return y[0] if single else y
 
 
-@fuzz(1200)
+@fuzz(900)
 @given(pool_args(), windows, st.sampled_from((None, 1, 2, 0, (1, 2))), st.sampled_from((0, 1, -1, (1, 0), 5)),
        st.sampled_from(("max_pool", "avg_pool")))
 def test_pool_fuzz(args, window, stride, padding, op):
