@@ -22,6 +22,26 @@ LAYOUTS = {1: LAYOUT_1D, 2: LAYOUT, 3: LAYOUT_3D}
 # The names of the spatial axes of each number of them, as errors name them.
 SPATIAL_AXES = {1: ("width",), 2: ("height", "width"), 3: ("depth", "height", "width")}
 
+# The notation of each number of spatial axes, as shapes in docstrings and errors spell it.
+AXIS_LETTERS = {1: ("W",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def x_form(N: int) -> str:
+    """x's shape in the notes' notation: '(m, n_D, n_H, n_W, n_C)' for N = 3."""
+    return "(m, " + ", ".join(f"n_{a}" for a in AXIS_LETTERS[N]) + ", n_C)"
+
+
+def check_rank_nd(x, N: int, op: str):
+    """(x with a batch axis, whether one was added): x has rank N + 2, or N + 1 for one example (channels last)."""
+    ndim = getattr(x, "ndim", None)
+    if ndim not in (N + 1, N + 2):
+        raise ValueError(
+            f"{op}: `x` must have shape {x_form(N)} or one example without m ({LAYOUTS[N][0]}), got shape "
+            f"{getattr(x, 'shape', None)}; reshape it to {LAYOUTS[N][0]} (add a channel axis of size 1 for one channel)."
+        )
+    return (x[None], True) if ndim == N + 1 else (x, False)
+
+
 IntPair = Union[int, Sequence[int]]
 Padding = Union[int, str, Sequence]
 

@@ -31,8 +31,6 @@ from jax import lax
 from jaxconv import _args
 from jaxconv.pool import adaptive_max_axis, adaptive_windows
 
-# The layout each pooling rank reads and writes, channels last.
-SHAPES = {1: "(m, n_W, n_C) or (n_W, n_C) (NWC)", 3: "(m, n_D, n_H, n_W, n_C) or (n_D, n_H, n_W, n_C) (NDHWC)"}
 
 
 # ---------------------------------------------------------------------------
@@ -41,17 +39,12 @@ SHAPES = {1: "(m, n_W, n_C) or (n_W, n_C) (NWC)", 3: "(m, n_D, n_H, n_W, n_C) or
 
 
 def check_rank_nd(x, k, op):
-    """Return (x with a batch axis, whether one was added) for a pool over k spatial axes."""
-    ndim = getattr(x, "ndim", None)
-    if ndim not in (k + 1, k + 2):
-        raise ValueError(
-            f"{op}: `x` must have shape {SHAPES.get(k, f'(m, *{k} spatial, n_C)')}, channels last, got shape "
-            f"{getattr(x, 'shape', None)}; reshape it (add a channel axis of size 1 for one channel)."
-        )
+    """Return (x with a batch axis, whether one was added) for a pool over k spatial axes; x must be real."""
+    _args.check_rank_nd(x, k, op)
     x = jnp.asarray(x)
     if x.dtype == jnp.bool_ or not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
         raise TypeError(f"{op}: `x` must be a real array (floating or integer), got dtype {x.dtype}; cast it first, e.g. x.astype(jnp.float32).")
-    return (x[None], True) if ndim == k + 1 else (x, False)
+    return (x[None], True) if x.ndim == k + 1 else (x, False)
 
 
 def pool_geometry_nd(x_shape, window, stride, padding, op, dilation=1, ceil_mode=False):

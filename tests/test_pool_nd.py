@@ -214,7 +214,7 @@ def test_matches_pytorch(name, kwargs):
 
 X1, X3 = np.zeros((2, 6, 3)), np.zeros((1, 4, 4, 4, 2))
 ERRORS = [
-    (ValueError, r"max_pool1d: `x` must have shape \(m, n_W, n_C\) or \(n_W, n_C\)", lambda: max_pool1d(np.zeros((1, 2, 3, 4)))),
+    (ValueError, r"max_pool1d: `x` must have shape \(m, n_W, n_C\) or one example without m \(NWC\)", lambda: max_pool1d(np.zeros((1, 2, 3, 4)))),
     (ValueError, r"max_pool3d: `x` must have shape \(m, n_D, n_H, n_W, n_C\)", lambda: max_pool3d(np.zeros((4, 4, 2)))),
     (ValueError, r"avg_pool3d: `x` must have shape", lambda: avg_pool3d(np.zeros(3))),
     (TypeError, r"max_pool1d: `x` must be a real array .* got dtype bool", lambda: max_pool1d(np.zeros((6, 3), bool))),

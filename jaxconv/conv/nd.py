@@ -19,7 +19,9 @@ from jax import lax
 
 from jaxconv import _args
 from jaxconv import compile as compiling
+from jaxconv._args import AXIS_LETTERS as NAMES
 from jaxconv._args import LAYOUTS, SPATIAL_AXES
+from jaxconv._args import check_rank_nd as check_rank
 from jaxconv.conv import buffers, im2col_nd, policy
 from jaxconv.conv.geometry import PADDING_MODES, check_groups, lax_sum_dtype
 from jaxconv.conv.im2col_nd import PlanND
@@ -27,30 +29,10 @@ from jaxconv.conv.shard import same_varying_axes
 
 IMPLS = ("auto", "lax", "hand", "hand_autodiff")
 
-# The notation of each number of spatial axes, as shapes in docstrings and errors spell it.
-NAMES = {1: ("W",), 2: ("H", "W"), 3: ("D", "H", "W")}
-
-
-def x_form(N):
-    """x's shape in the notes' notation: '(m, n_D, n_H, n_W, n_C)' for N = 3."""
-    return "(m, " + ", ".join(f"n_{a}" for a in NAMES[N]) + ", n_C)"
-
-
 def w_form(N, transposed=False):
     """The filter's shape: '(f_D, f_H, f_W, n_C / groups, n_C')' for N = 3; a transposed op's filter maps n_C' to n_C."""
     f = ", ".join(f"f_{a}" for a in NAMES[N])
     return f"({f}, n_C' / groups, n_C)" if transposed else f"({f}, n_C / groups, n_C')"
-
-
-def check_rank(x, N, op):
-    """(x with a batch axis, whether one was added): x has rank N + 2, or N + 1 for one example."""
-    ndim = getattr(x, "ndim", None)
-    if ndim not in (N + 1, N + 2):
-        raise ValueError(
-            f"{op}: `x` must have shape {x_form(N)} or one example without m ({LAYOUTS[N][0]}), got shape "
-            f"{getattr(x, 'shape', None)}; reshape it to {LAYOUTS[N][0]} (add a channel axis of size 1 for one channel)."
-        )
-    return (x[None], True) if ndim == N + 1 else (x, False)
 
 
 def check_filter(x_shape, w_shape, groups, op, *, transposed=False):

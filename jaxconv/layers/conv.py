@@ -75,7 +75,7 @@ def conv_layer(N, op, n_filters, f, *, stride=1, padding=0, dilation=1, groups=1
     keys = ("w", "b") if use_bias else ("w",)
 
     def init(key, input_shape):
-        shape = check_shape(op, input_shape, N + 2, nd.x_form(N))
+        shape = check_shape(op, input_shape, N + 2, _args.x_form(N))
         n_C = shape[-1]
         if n_C % groups:
             raise ValueError(f"{op}: `groups` (={groups}) must divide the input channels n_C (={n_C}).")
@@ -111,7 +111,7 @@ def conv_transpose_layer(N, op, n_filters, f, *, stride=1, padding=0, output_pad
     keys = ("w", "b") if use_bias else ("w",)
 
     def init(key, input_shape):
-        shape = check_shape(op, input_shape, N + 2, nd.x_form(N))
+        shape = check_shape(op, input_shape, N + 2, _args.x_form(N))
         w_shape = (*f, n_filters // groups, shape[-1])
         *_, out_shape = geometry(with_batch(shape), w_shape, op=op, **options)
         return (shape[0], *out_shape[1:]), _weights(key, w_shape, n_filters, use_bias, w_init, b_init, dtype)

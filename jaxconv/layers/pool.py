@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from jaxconv import nn, pool, pool_nd
-from jaxconv.conv.nd import x_form
+from jaxconv._args import x_form
 from jaxconv.layers.core import Layer, check_shape, parameter_free, with_batch
 
 # The shape checks of each number of spatial axes: 2-D keeps `jaxconv.pool`'s, 1-D and 3-D share `pool_nd`'s.
