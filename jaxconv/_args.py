@@ -31,6 +31,12 @@ def x_form(N: int) -> str:
     return "(m, " + ", ".join(f"n_{a}" for a in AXIS_LETTERS[N]) + ", n_C)"
 
 
+def w_form(N: int, transposed: bool = False) -> str:
+    """The filter's shape: '(f_D, f_H, f_W, n_C / groups, n_C')' for N = 3; a transposed op's filter maps n_C' to n_C."""
+    f = ", ".join(f"f_{a}" for a in AXIS_LETTERS[N])
+    return f"({f}, n_C' / groups, n_C)" if transposed else f"({f}, n_C / groups, n_C')"
+
+
 def check_rank_nd(x, N: int, op: str):
     """(x with a batch axis, whether one was added): x has rank N + 2, or N + 1 for one example (channels last)."""
     ndim = getattr(x, "ndim", None)

@@ -45,20 +45,20 @@ def check_groups(groups, n_C, op):
 
 
 def check_filter(x_shape, w_shape, groups, op, *, transposed=False):
-    """Check the HWIO filter's shape against x (m, n_H, n_W, n_C) and `groups` (an int dividing n_C).
+    """The filter against x (m, *n, n_C) and `groups`, in any number of spatial axes N.
 
-    conv2d's w is (f_H, f_W, n_C / groups, n_C'): x's channels meet its third axis, in groups. conv_transpose2d's w
-    (`transposed`) is the filter of the conv2d it transposes, (f_H, f_W, n_C' / groups, n_C): x's channels meet its
-    last axis.
+    A convolution's w is (*f, n_C / groups, n_C') (HWIO in 2-D): x's channels meet its axis -2, in
+    groups. A transposed convolution's w (`transposed`) is the filter of the convolution it transposes,
+    (*f, n_C' / groups, n_C): x's channels meet its last axis.
     """
-    if len(w_shape) != 4:
-        axes = "(f_H, f_W, n_C' / groups, n_C) (the HWIO filter of the conv2d it transposes)" if transposed else "(f_H, f_W, n_C / groups, n_C') (HWIO)"
-        raise ValueError(f"{op}: `w` must have shape {axes}, got shape {tuple(w_shape)}.")
-    n_C, (n_Cg, n_C_out) = x_shape[3], w_shape[2:]
+    N = len(x_shape) - 2
+    if len(w_shape) != N + 2:
+        raise ValueError(f"{op}: `w` must have shape {_args.w_form(N, transposed)} ({_args.LAYOUTS[N][1]}), got shape {tuple(w_shape)}.")
+    n_C, (n_Cg, n_C_out) = x_shape[-1], w_shape[-2:]
     if transposed and n_C_out != n_C:
         raise ValueError(
-            f"{op}: input channels n_C (={n_C}) must equal the filter's last axis (={n_C_out}): w is the HWIO filter "
-            f"(f_H, f_W, n_C' / groups, n_C) of the conv2d that maps n_C' channels to n_C; give w shape (f_H, f_W, n_C' / groups, {n_C})."
+            f"{op}: input channels n_C (={n_C}) must equal the filter's last axis (={n_C_out}): w is the filter "
+            f"{_args.w_form(N, True)} of the convolution that maps n_C' channels to n_C; give w {n_C} as its last axis."
         )
     check_groups(groups, n_C, op)
     if transposed:
@@ -70,8 +70,8 @@ def check_filter(x_shape, w_shape, groups, op, *, transposed=False):
         )
     if n_Cg * groups != n_C:
         raise ValueError(
-            f"{op}: input channels n_C (={n_C}) must equal the filter's n_C_in (={n_Cg}) * groups (={groups}) "
-            f"= {n_Cg * groups}; give the filter shape (f_H, f_W, {n_C // groups}, n_C') or change the input."
+            f"{op}: input channels n_C (={n_C}) must equal the filter's n_C_in (={n_Cg}) * groups (={groups}) = {n_Cg * groups}; "
+            f"give the filter {n_C // groups} input channels (axis -2) or change the input."
         )
 
 

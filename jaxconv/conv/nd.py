@@ -19,44 +19,14 @@ from jax import lax
 
 from jaxconv import _args
 from jaxconv import compile as compiling
-from jaxconv._args import AXIS_LETTERS as NAMES
 from jaxconv._args import LAYOUTS, SPATIAL_AXES
 from jaxconv._args import check_rank_nd as check_rank
 from jaxconv.conv import buffers, im2col_nd, policy
-from jaxconv.conv.geometry import PADDING_MODES, check_groups, lax_sum_dtype
+from jaxconv.conv.geometry import PADDING_MODES, check_filter, lax_sum_dtype
 from jaxconv.conv.im2col_nd import PlanND
 from jaxconv.conv.shard import same_varying_axes
 
 IMPLS = ("auto", "lax", "hand", "hand_autodiff")
-
-def w_form(N, transposed=False):
-    """The filter's shape: '(f_D, f_H, f_W, n_C / groups, n_C')' for N = 3; a transposed op's filter maps n_C' to n_C."""
-    f = ", ".join(f"f_{a}" for a in NAMES[N])
-    return f"({f}, n_C' / groups, n_C)" if transposed else f"({f}, n_C / groups, n_C')"
-
-
-def check_filter(x_shape, w_shape, groups, op, *, transposed=False):
-    """The filter against x (m, *n, n_C) and `groups`: (*f, n_C/groups, n_C'), or for a transposed op (*f, n_C'/groups, n_C)."""
-    N = len(x_shape) - 2
-    if len(w_shape) != N + 2:
-        raise ValueError(f"{op}: `w` must have shape {w_form(N, transposed)} ({LAYOUTS[N][1]}), got shape {tuple(w_shape)}.")
-    n_C, (n_Cg, n_C_out) = x_shape[-1], w_shape[-2:]
-    if transposed and n_C_out != n_C:
-        raise ValueError(
-            f"{op}: input channels n_C (={n_C}) must equal the filter's last axis (={n_C_out}): w is the filter {w_form(N, True)} "
-            f"of the convolution that maps n_C' channels to n_C; give w {n_C} as its last axis."
-        )
-    check_groups(groups, n_C, op)
-    if transposed:
-        return
-    if n_C_out % groups:
-        raise ValueError(f"{op}: `groups` (={groups}) must divide the filter's output channels n_C' (={n_C_out}); use a number of filters that is a multiple of groups.")
-    if n_Cg * groups != n_C:
-        raise ValueError(
-            f"{op}: input channels n_C (={n_C}) must equal the filter's n_C_in (={n_Cg}) * groups (={groups}) = {n_Cg * groups}; "
-            f"give the filter {n_C // groups} input channels (axis -2) or change the input."
-        )
-
 
 def conv_geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, op):
     """Check a convolution's arguments; return (PlanND, out_shape (m, *n', n_C'))."""

@@ -17,10 +17,11 @@ from jax import lax
 
 from jaxconv import _args
 from jaxconv._args import LAYOUTS
+from jaxconv._args import check_rank_nd as check_rank
 from jaxconv.conv import im2col_nd
-from jaxconv.conv.geometry import bias_grad, lax_sum_dtype
+from jaxconv.conv.geometry import bias_grad, check_filter, lax_sum_dtype
 from jaxconv.conv.im2col_nd import PlanND, pad_input
-from jaxconv.conv.nd import check_bias_and_dtype, check_filter, check_rank
+from jaxconv.conv.nd import check_bias_and_dtype
 from jaxconv.conv.shard import same_varying_axes
 
 IMPLS = ("auto", "lax", "hand")
