@@ -178,18 +178,23 @@ def measure(args):
         runs = jax_contenders(x_shape, w_shape, padding, stride, groups, autodiff=not args.resnet)
         if not args.no_torch and importlib.util.find_spec("torch"):
             runs.update(torch_contenders(x_shape, w_shape, padding, stride, groups))
-        for run in runs.values():
-            run(1)  # compile
-            run(args.warmup)
-        times = _common.interleaved_rounds(runs, args.rounds, args.steps)
-        for (name, direction), ts in times.items():
-            ms = float(np.median(ts)) * 1e3
-            lax_ms = float(np.median(times[("lax", direction)])) * 1e3
-            rows.append(
-                {"layer": layer, "x": str(x_shape), "w": str(w_shape), "stride": stride, "groups": groups, "impl": name, "pass": direction, "ms": ms, "vs_lax": ms / lax_ms,
-                 "auto": auto}
-            )
+        rows += timed_rows(runs, args, auto, layer=layer, x=str(x_shape), w=str(w_shape), stride=stride, groups=groups)
         print(f"{layer} done", flush=True)
+    return rows
+
+
+def timed_rows(runs, args, auto, **layer):
+    """Compile and warm up every contender {(impl, pass): run(n)}, time them in interleaved rounds, and return one row
+    per contender: the `layer` fields, then impl, pass, median ms, time / lax's, and what `auto` picks."""
+    for run in runs.values():
+        run(1)  # compile
+        run(args.warmup)
+    times = _common.interleaved_rounds(runs, args.rounds, args.steps)
+    rows = []
+    for (name, direction), ts in times.items():
+        ms = float(np.median(ts)) * 1e3
+        lax_ms = float(np.median(times[("lax", direction)])) * 1e3
+        rows.append({**layer, "impl": name, "pass": direction, "ms": ms, "vs_lax": ms / lax_ms, "auto": auto})
     return rows
 
 

@@ -22,7 +22,6 @@ import importlib.util
 import os
 import sys
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
@@ -102,14 +101,7 @@ def measure(args):
         runs = jax_contenders(x_shape, w_shape, stride)
         if not args.no_torch and importlib.util.find_spec("torch"):
             runs.update(torch_contenders(x_shape, w_shape, stride))
-        for run in runs.values():
-            run(1)  # compile
-            run(args.warmup)
-        times = _common.interleaved_rounds(runs, args.rounds, args.steps)
-        for (name, direction), ts in times.items():
-            ms = float(np.median(ts)) * 1e3
-            lax_ms = float(np.median(times[("lax", direction)])) * 1e3
-            rows.append({"layer": layer, "x": str(x_shape), "w": str(w_shape), "impl": name, "pass": direction, "ms": ms, "vs_lax": ms / lax_ms, "auto": auto})
+        rows += bench_conv.timed_rows(runs, args, auto, layer=layer, x=str(x_shape), w=str(w_shape))
         print(f"{layer} done", flush=True)
     return rows
 
