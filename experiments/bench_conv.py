@@ -17,7 +17,12 @@ jaxconv contender is compiled as jaxconv's steps are, with
 `jaxconv.compile.compiler_options()` (on CPU: lax's convolutions on XLA's multi-threaded
 runtime instead of YNNPACK); "lax, XLA's default libraries" is lax without them.
 fwd+bwd is the forward plus the gradient with respect to x, w and b for a
-fixed random upstream gradient. Interleaved rounds (a random order each round), warm-up excluded,
+fixed random upstream gradient. With --parts, each backward alone as well: dX (the
+input gradient from w and dZ) and dW (the weight and bias gradients from x and dZ),
+for jaxconv a jitted VJP with respect to that argument only (XLA drops the forward it
+does not need), for PyTorch `aten.convolution_backward` with that output mask (the
+call autograd makes): the per-op split of a layer's time, for lax, jaxconv's choice
+and PyTorch. Interleaved rounds (a random order each round), warm-up excluded,
 block_until_ready, medians; the ratio column is time / lax's time.
 """
 
@@ -91,7 +96,8 @@ def _lenet_and_wide(batch: int, quick: bool, more: bool = False):
     return out
 
 
-def jax_contenders(x_shape, w_shape, padding, stride=1, groups=1, autodiff=True):
+def jax_contenders(x_shape, w_shape, padding, stride=1, groups=1, autodiff=True, parts=False):
+    """{(impl, pass): run(n)} for jaxconv's contenders; parts: also "dX" and "dW" for lax and the default pick."""
     import jax
     import jax.numpy as jnp
 
@@ -130,10 +136,28 @@ def jax_contenders(x_shape, w_shape, padding, stride=1, groups=1, autodiff=True)
         fb = jit(fwd_bwd)
         runs[(name, "fwd")] = lambda n, f=fwd: jax.block_until_ready([f(x, w, b) for _ in range(n)])
         runs[(name, "fwd+bwd")] = lambda n, f=fb: jax.block_until_ready([f(x, w, b) for _ in range(n)])
+        if parts and (name == "lax" or name.startswith("hand (")):
+            runs.update(_jax_parts(name, fn, jit, x, w, b, dz))
     return runs
 
 
-def torch_contenders(x_shape, w_shape, padding, stride=1, groups=1):
+def _jax_parts(name, fn, jit, x, w, b, dz):
+    """{(name, "dX"): run, (name, "dW"): run}: the input gradient alone, the weight and bias gradients alone."""
+    import jax
+
+    def d_x(x, w, b):
+        return jax.vjp(lambda x: fn(x, w, b), x)[1](dz)
+
+    def d_wb(x, w, b):
+        return jax.vjp(lambda w, b: fn(x, w, b), w, b)[1](dz)
+
+    fx, fw = jit(d_x), jit(d_wb)
+    return {(name, "dX"): lambda n: jax.block_until_ready([fx(x, w, b) for _ in range(n)]),
+            (name, "dW"): lambda n: jax.block_until_ready([fw(x, w, b) for _ in range(n)])}
+
+
+def torch_contenders(x_shape, w_shape, padding, stride=1, groups=1, parts=False):
+    """{("PyTorch", pass): run(n)}; parts: also "dX" and "dW" (`aten.convolution_backward` with that output mask)."""
     import torch
     import torch.nn.functional as F
 
@@ -159,7 +183,28 @@ def torch_contenders(x_shape, w_shape, padding, stride=1, groups=1):
             torch.autograd.grad(F.conv2d(x, w, b, **kw), (x, w, b), dz)
         sync()
 
-    return {("PyTorch", "fwd"): fwd, ("PyTorch", "fwd+bwd"): fwd_bwd}
+    runs = {("PyTorch", "fwd"): fwd, ("PyTorch", "fwd+bwd"): fwd_bwd}
+    if parts:
+        args = torch_backward_args(x, w, dz, padding, stride, groups)
+
+        def backward(mask):
+            def run(n):
+                for _ in range(n):
+                    torch.ops.aten.convolution_backward(*args, mask)
+                sync()
+            return run
+
+        runs[("PyTorch", "dX")] = backward([True, False, False])
+        runs[("PyTorch", "dW")] = backward([False, True, True])
+    return runs
+
+
+def torch_backward_args(x, w, dz, padding, stride, groups):
+    """The arguments of `aten.convolution_backward` before its output mask (what autograd passes for conv2d), for
+    x (m, n_C, n_H, n_W), w (n_C', n_C/groups, f, f), dz the output's gradient; padding an int or "SAME" (odd f)."""
+    f_H = w.shape[2]
+    pad = f_H // 2 if padding == "SAME" else padding
+    return dz, x.detach(), w.detach(), [w.shape[0]], (stride, stride), (pad, pad), (1, 1), False, (0, 0), groups
 
 
 def measure(args):
@@ -175,9 +220,9 @@ def measure(args):
     for layer, x_shape, w_shape, padding, stride, groups in chosen:
         geom = conv.conv_geometry(x_shape, w_shape, padding=padding, stride=stride, groups=groups)[:4]
         auto = conv.resolve_impl("auto", x_shape, w_shape, geom)
-        runs = jax_contenders(x_shape, w_shape, padding, stride, groups, autodiff=not args.resnet)
+        runs = jax_contenders(x_shape, w_shape, padding, stride, groups, autodiff=not args.resnet, parts=args.parts)
         if not args.no_torch and importlib.util.find_spec("torch"):
-            runs.update(torch_contenders(x_shape, w_shape, padding, stride, groups))
+            runs.update(torch_contenders(x_shape, w_shape, padding, stride, groups, parts=args.parts))
         rows += timed_rows(runs, args, auto, layer=layer, x=str(x_shape), w=str(w_shape), stride=stride, groups=groups)
         print(f"{layer} done", flush=True)
     return rows
@@ -221,6 +266,9 @@ def main(argv=None):
                         help="instead: ResNet-20's convolutions (3x3, strided 3x3, 1x1 stride-2) and depthwise 3x3 layers, at --batch")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="only the layers whose name contains one of these (case-insensitive), e.g. --resnet --layers dw s2")
+    parser.add_argument("--parts", action="store_true",
+                        help="also each backward alone: dX (input gradient) and dW (weight and bias gradients), for lax, "
+                             "jaxconv's pick and PyTorch")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds, for tests")
     parser.add_argument("--out", default="results/bench_conv", help="folder for bench_conv.csv/.json")
     args = parser.parse_args(argv)

@@ -215,3 +215,38 @@ def test_bench_conv_resnet_quick(tmp_path):
     assert {(r["stride"], r["groups"]) for r in rows} == {(2, 1), (1, 8)}
     for r in rows:
         assert r["ms"] > 0 and math.isfinite(r["ms"])
+
+
+def test_bench_conv_parts(tmp_path):
+    """--parts adds dX and dW rows for lax and jaxconv's pick (each with its time / lax's), and nothing else."""
+    _run("bench_conv.py", tmp_path, "--no-torch", "--parts", "--layers", "conv2")
+    rows = json.loads((tmp_path / "bench_conv.json").read_text())["rows"]
+    parts = {(r["impl"], r["pass"]) for r in rows if r["pass"] in ("dX", "dW")}
+    assert parts == {("lax", "dX"), ("lax", "dW"), ("hand (rows)", "dX"), ("hand (rows)", "dW")}
+    for r in rows:
+        assert r["ms"] > 0 and math.isfinite(r["ms"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
+@pytest.mark.parametrize("padding, stride, groups", [(2, 1, 1), ("SAME", 2, 2), (0, 1, 1)])
+def test_bench_conv_torch_backward_args_are_autograds(padding, stride, groups):
+    """The aten.convolution_backward call that --parts times computes autograd's dX, dW and db for the layer."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        import bench_conv
+    finally:
+        sys.path.pop(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 9, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    kw = {"padding": 2 if padding == "SAME" else padding, "stride": stride, "groups": groups}
+    z = F.conv2d(x, w, b, **kw)
+    dz = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(z, (x, w, b), dz)
+    got = torch.ops.aten.convolution_backward(*bench_conv.torch_backward_args(x, w, dz, padding, stride, groups), [True, True, True])
+    for e, a in zip(expected, got):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
