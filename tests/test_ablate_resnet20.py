@@ -51,10 +51,15 @@ def ablate():
     return _import("ablate_resnet20")
 
 
+@pytest.fixture(scope="module")
+def ablation():
+    return _import("_ablation")  # the harness ablate_resnet20 and ablate_lenet5 share
+
+
 def test_every_variant_has_its_hand_counted_params_in_both_frameworks(ablate):
     assert set(PARAMS) == set(ablate.VARIANTS + ablate.EXTRA_VARIANTS)
     for variant in PARAMS:
-        n_jaxconv, n_torch = ablate.param_counts(variant)
+        n_jaxconv, n_torch = ablate.param_counts(ablate.variant(variant))
         assert n_jaxconv == PARAMS[variant], variant
         if HAVE_TORCH:
             assert n_torch == PARAMS[variant], variant
@@ -148,19 +153,19 @@ def test_torch_all_switches_on_is_benchmarks_model(ablate):
 def test_options(ablate):
     args = ablate.parse_args(["--variants", "no-bn", "no-bn", "forward-only"])
     assert args.variants == ["full", "no-bn", "forward-only"]  # 'full' always first: the deltas need it
-    assert args.threads == [1, 2] and args.batch == 128
+    assert args.threads == [1, 2] and args.batch == [128]
     assert ablate.parse_args(["--variants", "cheap-3x3-grouped"]).variants == ["full", "cheap-3x3-grouped"]
     quick = ablate.parse_args(["--quick"])
-    assert (quick.batch, quick.rounds, quick.steps, quick.threads) == (8, 1, 1, [1])
+    assert (quick.batch, quick.rounds, quick.steps, quick.threads) == ([8], 1, 1, [1])
     assert ablate.parse_args(["--quick", "--threads", "1", "2"]).threads == [1, 2]
 
 
-def test_one_thread_env_keeps_the_users_xla_flags(ablate, monkeypatch):
+def test_one_thread_env_keeps_the_users_xla_flags(ablation, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
-    env = ablate.thread_env(1)
-    assert env["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=0", ablate.ONE_THREAD_XLA_FLAG]
+    env = ablation.thread_env(1)
+    assert env["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=0", ablation.ONE_THREAD_XLA_FLAG]
     assert env["OMP_NUM_THREADS"] == "1"
-    assert ablate.thread_env(2)["XLA_FLAGS"] == "--xla_backend_optimization_level=0"
+    assert ablation.thread_env(2)["XLA_FLAGS"] == "--xla_backend_optimization_level=0"
 
 
 @pytest.mark.parametrize("argv", [["--variants", "no-such"], ["--threads", "0"], ["--worker", "w.json", "--threads", "1", "2"]])
