@@ -51,10 +51,15 @@ def ablate():
     return _import("ablate_resnet20")
 
 
+@pytest.fixture(scope="module")
+def ablation():
+    return _import("_ablation")  # the harness ablate_resnet20 and ablate_lenet5 share
+
+
 def test_every_variant_has_its_hand_counted_params_in_both_frameworks(ablate):
     assert set(PARAMS) == set(ablate.VARIANTS + ablate.EXTRA_VARIANTS)
     for variant in PARAMS:
-        n_jaxconv, n_torch = ablate.param_counts(variant)
+        n_jaxconv, n_torch = ablate.param_counts(ablate.variant(variant))
         assert n_jaxconv == PARAMS[variant], variant
         if HAVE_TORCH:
             assert n_torch == PARAMS[variant], variant
@@ -148,19 +153,19 @@ def test_torch_all_switches_on_is_benchmarks_model(ablate):
 def test_options(ablate):
     args = ablate.parse_args(["--variants", "no-bn", "no-bn", "forward-only"])
     assert args.variants == ["full", "no-bn", "forward-only"]  # 'full' always first: the deltas need it
-    assert args.threads == [1, 2] and args.batch == 128
+    assert args.threads == [1, 2] and args.batch == [128]
     assert ablate.parse_args(["--variants", "cheap-3x3-grouped"]).variants == ["full", "cheap-3x3-grouped"]
     quick = ablate.parse_args(["--quick"])
-    assert (quick.batch, quick.rounds, quick.steps, quick.threads) == (8, 1, 1, [1])
+    assert (quick.batch, quick.rounds, quick.steps, quick.threads) == ([8], 1, 1, [1])
     assert ablate.parse_args(["--quick", "--threads", "1", "2"]).threads == [1, 2]
 
 
-def test_one_thread_env_keeps_the_users_xla_flags(ablate, monkeypatch):
+def test_one_thread_env_keeps_the_users_xla_flags(ablation, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
-    env = ablate.thread_env(1)
-    assert env["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=0", ablate.ONE_THREAD_XLA_FLAG]
+    env = ablation.thread_env(1)
+    assert env["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=0", ablation.ONE_THREAD_XLA_FLAG]
     assert env["OMP_NUM_THREADS"] == "1"
-    assert ablate.thread_env(2)["XLA_FLAGS"] == "--xla_backend_optimization_level=0"
+    assert ablation.thread_env(2)["XLA_FLAGS"] == "--xla_backend_optimization_level=0"
 
 
 @pytest.mark.parametrize("argv", [["--variants", "no-such"], ["--threads", "0"], ["--worker", "w.json", "--threads", "1", "2"]])
@@ -168,6 +173,82 @@ def test_bad_arguments_are_usage_errors(ablate, argv):
     with pytest.raises(SystemExit) as e:
         ablate.parse_args(argv)
     assert e.value.code == 2
+
+
+def test_combined_variants_merge_switches_and_mode(ablate):
+    both = ablate.variant("cheap-3x3+no-bn+no-residual")
+    assert both.network == {"conv3x3": "1x1", "bn": False, "residual": False} and both.mode == "train"
+    assert ablate.variant("no-bn+no-update") == type(both)("no-bn+no-update", {"bn": False}, "grad")
+    assert ablate.variant("forward-only").network == {} and ablate.variant("forward-only").mode == "forward"
+    args = ablate.parse_args(["--variants", "cheap-3x3+no-bn", "no-bn+forward-only"])
+    assert args.variants == ["full", "cheap-3x3+no-bn", "no-bn+forward-only"]
+    assert ablate.param_counts(ablate.variant("cheap-3x3+no-bn"))[0] == FULL - 267_696 + 29_744 - 2 * 784
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("forward-only+no-update", "'forward-only' and 'no-update' are both modes"),
+    ("cheap-3x3+cheap-3x3-grouped", "'cheap-3x3' and 'cheap-3x3-grouped' set `conv3x3`"),
+    ("no-bn+no-bn", "'no-bn' is named twice"),
+    ("full+no-bn", "'full' is the step with nothing removed"),
+    ("no-bn+no-such", "unknown component 'no-such'"),
+])
+def test_contradictory_combinations_are_usage_errors_naming_the_variant(ablate, capsys, variant, message):
+    for option in ("--variants", "--stack"):
+        with pytest.raises(SystemExit) as e:
+            ablate.parse_args([option, variant])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"variant {variant!r}" in err and message in err, err
+
+
+def test_stack_times_the_cumulative_variants(ablate, ablation):
+    assert ablation.stack_variants(["cheap-3x3", "no-bn", "no-residual"]) == [
+        "full", "cheap-3x3", "cheap-3x3+no-bn", "cheap-3x3+no-bn+no-residual"]
+    args = ablate.parse_args(["--stack", "cheap-3x3", "no-bn", "no-update"])
+    assert args.variants == ["full", "cheap-3x3", "cheap-3x3+no-bn", "cheap-3x3+no-bn+no-update"]  # nothing else by default
+    args = ablate.parse_args(["--stack", "cheap-3x3", "no-bn", "--variants", "no-residual", "cheap-3x3"])
+    assert args.variants == ["full", "cheap-3x3", "cheap-3x3+no-bn", "no-residual"]
+    assert ablate.parse_args([]).stack == [] and ablate.parse_args([]).variants == list(ablate.VARIANTS)
+
+
+@pytest.mark.parametrize("stack", [["no-update", "forward-only"], ["cheap-3x3", "cheap-3x3-grouped"], ["full"]])
+def test_a_stack_whose_cumulative_variant_contradicts_is_a_usage_error(ablate, capsys, stack):
+    with pytest.raises(SystemExit) as e:
+        ablate.parse_args(["--stack", *stack])
+    assert e.value.code == 2 and "--stack" in capsys.readouterr().err
+
+
+def _fake_row(variant, jaxconv_ms, torch_ms, threads=2, batch=128):
+    """A row as the worker writes it, with only the fields the stack's columns read filled in."""
+    other = ("speed_vs_torch", "jaxconv_delta_ms", "torch_delta_ms", "gap_closed_ms", "jaxconv_cores", "torch_cores")
+    return {"threads": threads, "batch": batch, "variant": variant, "jaxconv_ms": jaxconv_ms, "torch_ms": torch_ms,
+            "gap_ms": None if torch_ms is None else jaxconv_ms - torch_ms, **dict.fromkeys(other)}
+
+
+def test_stack_deltas_telescope_to_the_full_gap(ablation):
+    stack = ["cheap-3x3", "no-bn", "no-update"]
+    ms = {"full": (100.0, 60.0), "cheap-3x3": (70.0, 45.0), "cheap-3x3+no-bn": (52.0, 38.5), "cheap-3x3+no-bn+no-update": (41.0, 33.0)}
+    rows = [_fake_row(v, *ms[v]) for v in ms] + [_fake_row("no-residual", 95.0, 58.0)]
+    ablation.add_stack_deltas(rows, stack)
+    by = {r["variant"]: r for r in rows}
+    assert by["full"]["jaxconv_prev_delta_ms"] is None and by["no-residual"]["gap_closed_prev_ms"] is None
+    assert by["cheap-3x3+no-bn"]["jaxconv_prev_delta_ms"] == 52.0 - 70.0
+    assert by["cheap-3x3+no-bn"]["torch_prev_delta_ms"] == 38.5 - 45.0
+    closed = [(40.0 - 25.0), (25.0 - 13.5), (13.5 - 8.0)]  # each row's gap (jaxconv - PyTorch) after the one before
+    assert [by[v]["gap_closed_prev_ms"] for v in list(ms)[1:]] == closed
+    assert sum(closed) + 8.0 == 40.0  # ... plus the last row's gap: the full step's gap
+    line = ablation.telescoping_line(rows, stack)
+    assert "(+15.0 +11.5 +5.5)" in line and "(+8.0) sum to +40.0 ms" in line and "full step's gap is +40.0 ms" in line
+    table = ablation.table_rows(rows, stack)
+    assert len(table[0]) == len(ablation.header(stack)) == len(ablation.HEADER) + 3
+    assert table[2][-3:] == ["-18.0", "-6.5", "+11.5"] and table[0][-3:] == ["-", "-", "-"]
+
+
+def test_stack_without_torch_has_no_gap_to_attribute(ablation):
+    rows = [_fake_row("full", 100.0, None), _fake_row("no-bn", 90.0, None)]
+    ablation.add_stack_deltas(rows, ["no-bn"])
+    assert rows[1]["jaxconv_prev_delta_ms"] == -10.0 and rows[1]["gap_closed_prev_ms"] is None
+    assert "no PyTorch" in ablation.telescoping_line(rows, ["no-bn"])
 
 
 @pytest.mark.slow  # compiles six ResNet-20 programs in a worker subprocess
