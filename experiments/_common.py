@@ -99,13 +99,25 @@ def write_json(path: str, obj) -> str:
     return path
 
 
+def cpu_model() -> str:
+    """The processor's name (/proc/cpuinfo's "model name" on Linux, else `platform.processor()`), or "unknown CPU"."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
-    """One line describing where the numbers were measured."""
+    """One line describing where the numbers were measured: the processor, the OS, Python and JAX."""
     import jax
 
     dev = jax.devices()[0]
     return (
-        f"{platform.platform()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}, Python {sys.version.split()[0]}, "
         f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})"
     )
 

@@ -66,15 +66,7 @@ def lenet5_flops() -> int:
 def machine_line(torch_version: str | None, malloc: str = "") -> str:
     import jax
 
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = _common.cpu_model()
     backend = jax.default_backend()
     parts = [
         f"{model}, {os.cpu_count()} cores",
