@@ -179,6 +179,17 @@ def jax_runner(fn, params, opt_state, state, x, y):
     return run
 
 
+def torch_contender(variant, x, y, full_step, build):
+    """run(n) for PyTorch eager's step of `variant` on the NHWC batch (x, y): full_step(x, y) (benchmark.py's step) for
+    "full", else `torch_runner` of build(**variant.network) (the network with switches) under seed 0."""
+    import torch
+
+    if variant.name == "full":
+        return full_step(x, y)
+    torch.manual_seed(0)
+    return torch_runner(build(**variant.network), x, y, variant.mode)
+
+
 def torch_runner(model, x, y, mode):
     """run(n) for PyTorch eager's step of `model` in `mode` on the NHWC batch (x, y) (transposed to NCHW once).
 

@@ -309,16 +309,10 @@ def jaxconv_contender(variant, x, y):
 
 
 def torch_contender(variant, x, y):
-    """run(n) for PyTorch eager's step of `variant` (a Variant) on the NHWC batch (x, y): benchmark.torch_step for
-    "full", else `torch_lenet5_variant` under the same seed in `_ablation.torch_runner`."""
-    import torch
-
+    """run(n) for PyTorch eager's step of `variant` (a Variant): benchmark.torch_step for "full", else `torch_lenet5_variant`."""
     import benchmark
 
-    if variant.name == "full":
-        return benchmark.torch_step(x, y)
-    torch.manual_seed(0)
-    return _ablation.torch_runner(torch_lenet5_variant(**variant.network), x, y, variant.mode)
+    return _ablation.torch_contender(variant, x, y, benchmark.torch_step, torch_lenet5_variant)
 
 
 MODEL = _ablation.Model(
