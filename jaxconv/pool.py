@@ -219,7 +219,8 @@ def max_pool(x, window=2, stride=None, padding=0, dilation=1, ceil_mode=False, r
     >>> x = jnp.array([[1., 3, 2, 1], [2, 9, 1, 1], [1, 3, 2, 3], [5, 6, 1, 2]])[:, :, None]
     >>> max_pool(x)[..., 0].tolist()
     [[9.0, 2.0], [6.0, 3.0]]
-    >>> max_pool(x, return_indices=True)[1][..., 0].tolist()  # 9 is at (1, 1): 1·4 + 1
+    >>> y, indices = max_pool(x, return_indices=True)
+    >>> indices[..., 0].tolist()  # 9 is at (1, 1): 1·4 + 1
     [[5, 2], [13, 11]]
     """
     x, single = _args.check_rank(x, "max_pool")

@@ -33,7 +33,7 @@ def temporal_resnet(in_channels: int = 1, num_classes: int = 10, widths=(16, 32,
     (conv 3 + BN + ReLU + conv 3 + BN, + shortcut, ReLU) of widths[i], the first of stages 2, 3, ... with
     stride 2 and a 1x1 conv + BN projection -> global average pool over n_W -> dense num_classes logits.
     With the defaults 28,570 parameters for 1 channel and 10 classes. BatchNorm carries state (see resnet20).
-    params["stage2"]["block1"]["conv_a"]["w"] is (3, 16, 32).
+    `params["stage2"]["block1"]["conv_a"]["w"]` is (3, 16, 32).
     """
     op = "temporal_resnet"
     widths = _check_widths(op, widths)

@@ -14,7 +14,7 @@ def resnet20(num_classes: int = 10, in_channels: int = 3, impl: str = "auto", dt
     -> global average pool -> dense num_classes logits. Shortcuts: identity, and a
     1x1 conv + BN projection (option B) at the two downsampling blocks.
     272,474 parameters for 3 channels and 10 classes (269,722 with option A).
-    params["stage2"]["block1"]["conv_a"]["w"]; state (BatchNorm) nested alike.
+    `params["stage2"]["block1"]["conv_a"]["w"]`; state (BatchNorm) nested alike.
     """
     def conv(n_C, f, stride, padding):
         return Conv2D(n_C, f, stride=stride, padding=padding, use_bias=False, impl=impl, algorithm=algorithm, dtype=dtype, compute_dtype=compute_dtype)
