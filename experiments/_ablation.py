@@ -162,23 +162,6 @@ def have_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def jax_runner(fn, params, opt_state, state, x, y):
-    """run(n) for fn(params, opt_state, state, x, y) -> (params, opt_state, state, out); waits for all of it."""
-    import jax
-
-    box = [params, opt_state, state]
-
-    def run(n):
-        p, s, st = box
-        for _ in range(n):
-            p, s, st, out = fn(p, s, st, x, y)
-        jax.block_until_ready((p, s, st, out))
-        box[:] = [p, s, st]
-
-    run.state = box  # for tests
-    return run
-
-
 def torch_contender(variant, x, y, full_step, build):
     """run(n) for PyTorch eager's step of `variant` on the NHWC batch (x, y): full_step(x, y) (benchmark.py's step) for
     "full", else `torch_runner` of build(**variant.network) (the network with switches) under seed 0."""

@@ -295,17 +295,13 @@ def jaxconv_contender(variant, x, y):
     if variant.mode == "forward":
         forward = forward_loss(model.apply)
 
-        def step(p, s, st, x, y):
-            return p, s, st, forward(p, x, y)
+        def step(p, s, x, y):
+            return p, s, forward(p, x, y)
 
     else:
-        train_step = make_train_step(model.apply, optimizer)
+        step = make_train_step(model.apply, optimizer)  # (params, opt_state, metrics)
 
-        def step(p, s, st, x, y):
-            p, s, metrics = train_step(p, s, x, y)
-            return p, s, st, metrics
-
-    return _ablation.jax_runner(step, params, opt_state, None, x, y)
+    return benchmark.runner(step, params, opt_state, x, y)
 
 
 def torch_contender(variant, x, y):

@@ -289,11 +289,10 @@ def jaxconv_contender(variant, x, y):
     if variant.mode == "train":
         train_step = make_train_step(model.apply, optimizer)
 
-        def step(p, s, st, x, y):
-            p, s, metrics, st = train_step(p, s, x, y, state=st)
-            return p, s, st, metrics
+        def step(p, s, x, y, st):
+            return train_step(p, s, x, y, state=st)  # (params, opt_state, metrics, state)
 
-        return _ablation.jax_runner(step, params, opt_state, state, x, y)
+        return benchmark.stateful_runner(step, params, opt_state, state, x, y)
 
     def loss(p, st, x, y):  # J and BatchNorm's new running statistics (train mode)
         logits, st = model.apply(p, x, state=st, train=True)  # (m, 10)
@@ -302,18 +301,18 @@ def jaxconv_contender(variant, x, y):
     if variant.mode == "forward":
         forward = compiling.jit(loss)
 
-        def step(p, s, st, x, y):
+        def step(p, s, x, y, st):
             value, st = forward(p, st, x, y)
-            return p, s, st, value
+            return p, s, value, st
 
     else:  # "grad": the gradients are outputs, so XLA cannot drop the backward
         grad = compiling.jit(jax.value_and_grad(loss, has_aux=True))
 
-        def step(p, s, st, x, y):
+        def step(p, s, x, y, st):
             (value, st), grads = grad(p, st, x, y)
-            return p, s, st, (value, grads)
+            return p, s, (value, grads), st
 
-    return _ablation.jax_runner(step, params, opt_state, state, x, y)
+    return benchmark.stateful_runner(step, params, opt_state, state, x, y)
 
 
 def torch_contender(variant, x, y):

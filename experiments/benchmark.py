@@ -107,7 +107,7 @@ def _timed(fn) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _runner(step, params, opt_state, x, y):
+def runner(step, params, opt_state, x, y):
     """run(n): n training steps of `step` on (x, y), waiting for the result; run.state = [params, opt_state]."""
     import jax
 
@@ -138,13 +138,13 @@ def jaxconv_step(x, y, impl=None, sharded=False, chunk_size="auto"):
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
     if not sharded:
-        return _runner(make_train_step(model.apply, optimizer, chunk_size=chunk_size), params, opt_state, x, y)
+        return runner(make_train_step(model.apply, optimizer, chunk_size=chunk_size), params, opt_state, x, y)
     from jaxconv import parallel  # what `jaxconv train --cpu-devices N` runs
 
     mesh = parallel.data_mesh()
     step = parallel.make_parallel_train_step(model.apply, optimizer, mesh=mesh, chunk_size=chunk_size)
     params, opt_state = parallel.replicate(mesh, (params, opt_state))
-    return _runner(step, params, opt_state, *parallel.shard_batch(mesh, np.asarray(x), np.asarray(y)))
+    return runner(step, params, opt_state, *parallel.shard_batch(mesh, np.asarray(x), np.asarray(y)))
 
 
 def plain_jax_step(x, y):
@@ -185,7 +185,7 @@ def plain_jax_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    return _runner(step, params, optimizer.init(params), x, y)
+    return runner(step, params, optimizer.init(params), x, y)
 
 
 def flax_step(x, y):
@@ -216,7 +216,7 @@ def flax_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    return _runner(step, params, optimizer.init(params), x, y)
+    return runner(step, params, optimizer.init(params), x, y)
 
 
 def equinox_step(x, y):
@@ -259,7 +259,7 @@ def equinox_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, value
 
-    return _runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), x_chw, y)
+    return runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), x_chw, y)
 
 
 def _torch_runner(model, x, y):
@@ -337,8 +337,8 @@ def resnet20_flops() -> int:
     return forward + forward + (forward - convs[0])  # 243,994,368
 
 
-def _stateful_runner(step, params, opt_state, state, x, y):
-    """run(n) for a step(params, opt_state, x, y, state) -> (params, opt_state, loss, state); run.state as in `_runner`."""
+def stateful_runner(step, params, opt_state, state, x, y):
+    """run(n) for a step(params, opt_state, x, y, state) -> (params, opt_state, loss, state); run.state as in `runner`."""
     import jax
 
     box = [params, opt_state, state]
@@ -378,7 +378,7 @@ def jaxconv_resnet_step(x, y, impl="auto", sharded=False):
         def step(p, s, x, y, st):
             return train_step(p, s, x, y, state=st)
 
-        return _stateful_runner(step, params, opt_state, state, x, y)
+        return stateful_runner(step, params, opt_state, state, x, y)
     from jaxconv import parallel
 
     mesh = parallel.data_mesh()
@@ -389,7 +389,7 @@ def jaxconv_resnet_step(x, y, impl="auto", sharded=False):
         return parallel_step(p, s, x, y, st, key)
 
     params, opt_state, state = parallel.replicate(mesh, (params, opt_state, state))
-    return _stateful_runner(step, params, opt_state, state, *parallel.shard_batch(mesh, np.asarray(x), np.asarray(y)))
+    return stateful_runner(step, params, opt_state, state, *parallel.shard_batch(mesh, np.asarray(x), np.asarray(y)))
 
 
 def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
@@ -478,7 +478,7 @@ def plain_jax_resnet_step(x, y, conv_impl=None, options=False):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value, new
 
-    return _stateful_runner(step, params, optimizer.init(params), state, x, y)
+    return stateful_runner(step, params, optimizer.init(params), state, x, y)
 
 
 def flax_resnet_step(x, y):
@@ -522,7 +522,7 @@ def flax_resnet_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value, new
 
-    return _stateful_runner(step, params, optimizer.init(params), state, x, y)
+    return stateful_runner(step, params, optimizer.init(params), state, x, y)
 
 
 def equinox_resnet_step(x, y):
@@ -596,7 +596,7 @@ def equinox_resnet_step(x, y):
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, value, state
 
-    return _stateful_runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), state, jnp.transpose(x, (0, 3, 1, 2)), y)
+    return stateful_runner(step, model, optimizer.init(eqx.filter(model, eqx.is_array)), state, jnp.transpose(x, (0, 3, 1, 2)), y)
 
 
 def torch_resnet_step(x, y):
