@@ -162,6 +162,24 @@ def have_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def init_param_count(model, input_shape) -> int:
+    """The parameters of jaxconv `model` initialised for (-1, *input_shape), counted from shapes only (`jax.eval_shape`)."""
+    import jax
+
+    from jaxconv import count_params
+
+    return count_params(jax.eval_shape(lambda key: model.init(key, (-1, *input_shape))[1], jax.random.key(0)))
+
+
+def param_counts(variant, build, torch_build, input_shape):
+    """(jaxconv's, PyTorch's) parameter count of `variant`'s network: build(**variant.network) and
+    torch_build(**variant.network) (PyTorch's None when it is not installed)."""
+    n_jaxconv = init_param_count(build(**variant.network), input_shape)
+    if not have_torch():
+        return n_jaxconv, None
+    return n_jaxconv, sum(w.numel() for w in torch_build(**variant.network).parameters())
+
+
 def torch_contender(variant, x, y, full_step, build):
     """run(n) for PyTorch eager's step of `variant` on the NHWC batch (x, y): full_step(x, y) (benchmark.py's step) for
     "full", else `torch_runner` of build(**variant.network) (the network with switches) under seed 0."""

@@ -201,26 +201,15 @@ def variant(name: str) -> _ablation.Variant:
 
 def param_counts(variant):
     """(jaxconv's, PyTorch's) parameter count of `variant`'s network (a Variant; PyTorch's None when it is absent)."""
-    import jax
-
-    from jaxconv import count_params
-
-    model = lenet5_variant(**variant.network)
-    n_jaxconv = count_params(jax.eval_shape(lambda key: model.init(key, (-1, *INPUT_SHAPE))[1], jax.random.key(0)))
-    if not _ablation.have_torch():
-        return n_jaxconv, None
-    return n_jaxconv, sum(w.numel() for w in torch_lenet5_variant(**variant.network).parameters())
+    return _ablation.param_counts(variant, lenet5_variant, torch_lenet5_variant, INPUT_SHAPE)
 
 
 def check_full_networks():
     """Raise unless the all-switches-on networks have the real models' parameter counts (what 'full' runs)."""
-    import jax
-
-    from jaxconv import count_params
     from jaxconv.models import lenet5
 
     mine, mine_torch = param_counts(variant("full"))
-    real = count_params(jax.eval_shape(lambda key: lenet5().init(key, (-1, *INPUT_SHAPE))[1], jax.random.key(0)))
+    real = _ablation.init_param_count(lenet5(), INPUT_SHAPE)
     if not mine == real == LENET5_PARAMS:
         raise RuntimeError(f"ablate_lenet5: lenet5_variant() has {mine:,} params, models.lenet5() {real:,}, "
                            f"expected {LENET5_PARAMS:,}: rebuild lenet5_variant from jaxconv/models/classic.py's lenet5.")

@@ -57,6 +57,7 @@ import _ablation  # noqa: E402
 
 VARIANTS = ("full", "no-bn", "no-residual", "cheap-3x3", "forward-only", "no-update")  # the default list
 EXTRA_VARIANTS = ("cheap-3x3-grouped", "cheap-3x3-elementwise")
+INPUT_SHAPE = (32, 32, 3)  # (n_H, n_W, n_C): CIFAR
 # The network switches of each component (resnet20_variant / ResNet20Variant); the modes of the step
 # (forward-only, no-update) are _ablation.MODES.
 NETWORK = {
@@ -230,26 +231,15 @@ def variant(name: str) -> _ablation.Variant:
 
 def param_counts(variant):
     """(jaxconv's, PyTorch's) parameter count of `variant`'s network (a Variant; PyTorch's None when it is absent)."""
-    import jax
-
-    from jaxconv import count_params
-
-    model = resnet20_variant(**variant.network)
-    n_jaxconv = count_params(jax.eval_shape(lambda key: model.init(key, (-1, 32, 32, 3))[1], jax.random.key(0)))
-    if not _ablation.have_torch():
-        return n_jaxconv, None
-    return n_jaxconv, sum(w.numel() for w in torch_resnet20_variant(**variant.network).parameters())
+    return _ablation.param_counts(variant, resnet20_variant, torch_resnet20_variant, INPUT_SHAPE)
 
 
 def check_full_networks():
     """Raise unless the all-switches-on networks have the real models' parameter counts (what 'full' runs)."""
-    import jax
-
-    from jaxconv import count_params
     from jaxconv.models import resnet20
 
     mine, mine_torch = param_counts(variant("full"))
-    real = count_params(jax.eval_shape(lambda key: resnet20().init(key, (-1, 32, 32, 3))[1], jax.random.key(0)))
+    real = _ablation.init_param_count(resnet20(), INPUT_SHAPE)
     if not mine == real == RESNET20_PARAMS:
         raise RuntimeError(f"ablate_resnet20: resnet20_variant() has {mine:,} params, models.resnet20() {real:,}, "
                            f"expected {RESNET20_PARAMS:,}: rebuild resnet20_variant from jaxconv/models/resnet.py's resnet20.")
@@ -282,8 +272,8 @@ def jaxconv_contender(variant, x, y):
     if variant.name == "full":
         return benchmark.jaxconv_resnet_step(x, y)
     model = resnet20_variant(**variant.network)
-    _, params = model.init(jax.random.key(0), (-1, 32, 32, 3))
-    _, state = model.init_state((-1, 32, 32, 3))
+    _, params = model.init(jax.random.key(0), (-1, *INPUT_SHAPE))
+    _, state = model.init_state((-1, *INPUT_SHAPE))
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
     if variant.mode == "train":
@@ -327,7 +317,7 @@ MODEL = _ablation.Model(
     title="ResNet-20 training step",
     script=__file__,
     doc=__doc__,
-    input_shape=(32, 32, 3),
+    input_shape=INPUT_SHAPE,
     network=NETWORK,
     variants=VARIANTS,
     extra_variants=EXTRA_VARIANTS,
